@@ -1,0 +1,3 @@
+using Granary.Cli;
+
+return await CommandLine.RunAsync(args);
