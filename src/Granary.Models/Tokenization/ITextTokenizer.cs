@@ -16,6 +16,9 @@ public interface ITextTokenizer
     /// <summary>A decoder that turns ids into text one at a time, holding back incomplete UTF-8 sequences.</summary>
     IStreamingDecoder CreateStreamingDecoder(bool skipSpecialTokens = true);
 
+    /// <summary>Whether tokenizer_config.json names a chat format this tokenizer can render.</summary>
+    bool HasChatTemplate { get; }
+
     /// <summary>Renders a conversation with the model's chat format, ending with the assistant prompt when asked.</summary>
     string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, bool enableThinking = false);
 }

@@ -1,0 +1,170 @@
+using Granary.Models.Configuration;
+using Granary.Tensors;
+
+namespace Granary.Models.Transformer;
+
+/// <summary>The MLP half of a decoder layer: dense SwiGLU or a routed mixture of SwiGLU experts.</summary>
+public abstract class FeedForward : IDisposable
+{
+    /// <summary>Bytes of weights one token reads (only its routed experts for a mixture).</summary>
+    public abstract long WeightBytesPerToken { get; }
+
+    internal abstract void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, Tensor output);
+
+    public abstract void Dispose();
+}
+
+/// <summary>down(silu(gate(x)) * up(x)).</summary>
+public sealed class DenseFeedForward : FeedForward
+{
+    internal DenseFeedForward(LinearWeight gate, LinearWeight up, LinearWeight down)
+    {
+        Gate = gate;
+        Up = up;
+        Down = down;
+    }
+
+    public LinearWeight Gate { get; }
+
+    public LinearWeight Up { get; }
+
+    public LinearWeight Down { get; }
+
+    public override long WeightBytesPerToken => Gate.WeightBytes + Up.WeightBytes + Down.WeightBytes;
+
+    internal static DenseFeedForward Load(WeightLoader weights, string prefix, int hidden, int intermediate, bool bias)
+    {
+        var loaded = new List<IDisposable>();
+        try
+        {
+            var gate = loaded.Keep(weights.Linear(prefix + "gate_proj", intermediate, hidden, bias));
+            var up = loaded.Keep(weights.Linear(prefix + "up_proj", intermediate, hidden, bias));
+            var down = loaded.Keep(weights.Linear(prefix + "down_proj", hidden, intermediate, bias));
+            return new DenseFeedForward(gate, up, down);
+        }
+        catch
+        {
+            loaded.ForEach(d => d.Dispose());
+            throw;
+        }
+    }
+
+    internal override void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, Tensor output)
+    {
+        backend.Linear(input, Gate, step.Gate);
+        backend.Linear(input, Up, step.Up);
+        backend.SiluMul(step.Gate, step.Up, step.Activation);
+        backend.Linear(step.Activation, Down, output);
+    }
+
+    public override void Dispose()
+    {
+        Gate.Dispose();
+        Up.Dispose();
+        Down.Dispose();
+    }
+}
+
+/// <summary>
+/// Qwen3-MoE sparse block: router "gate" logits, softmax, top-k (renormalised when norm_topk_prob), then the
+/// weighted sum of the chosen experts. No shared expert.
+/// </summary>
+public sealed class MixtureOfExpertsFeedForward : FeedForward
+{
+    private readonly MixtureOfExpertsConfig _config;
+
+    // Stacked expert tensors (mlx-lm "switch_mlp" layout) that the expert weights are views of.
+    private readonly IReadOnlyList<IDisposable> _stackedStorage;
+
+    internal MixtureOfExpertsFeedForward(
+        MixtureOfExpertsConfig config, LinearWeight router, IReadOnlyList<ExpertWeights?> experts, IReadOnlyList<IDisposable> stackedStorage)
+    {
+        _config = config;
+        _stackedStorage = stackedStorage;
+        Router = router;
+        Experts = experts;
+    }
+
+    public LinearWeight Router { get; }
+
+    /// <summary>One entry per expert; null for an expert this process does not hold.</summary>
+    public IReadOnlyList<ExpertWeights?> Experts { get; }
+
+    public override long WeightBytesPerToken
+    {
+        get
+        {
+            var held = Experts.OfType<ExpertWeights>().ToArray();
+            var perExpert = held.Length == 0 ? 0
+                : held.Sum(e => e.Gate.WeightBytes + e.Up.WeightBytes + e.Down.WeightBytes) / held.Length;
+            return Router.WeightBytes + (perExpert * _config.ExpertsPerToken);
+        }
+    }
+
+    internal static MixtureOfExpertsFeedForward Load(WeightLoader weights, MixtureOfExpertsConfig config, string prefix, int hidden)
+    {
+        var loaded = new List<IDisposable>();
+        try
+        {
+            var router = loaded.Keep(weights.Linear(prefix + "gate", config.ExpertCount, hidden, hasBias: false));
+            var experts = new ExpertWeights?[config.ExpertCount];
+            var stacked = new List<IDisposable>();
+            if (weights.Contains(prefix + "switch_mlp.gate_proj.weight"))
+            {
+                var (count, inner) = (config.ExpertCount, config.ExpertIntermediateSize);
+                loaded.Add(new StackedStorage(stacked));
+                var gates = weights.StackedLinear(prefix + "switch_mlp.gate_proj", count, inner, hidden, stacked);
+                var ups = weights.StackedLinear(prefix + "switch_mlp.up_proj", count, inner, hidden, stacked);
+                var downs = weights.StackedLinear(prefix + "switch_mlp.down_proj", count, hidden, inner, stacked);
+                for (var e = 0; e < experts.Length; e++)
+                {
+                    experts[e] = new ExpertWeights(gates[e], ups[e], downs[e]);
+                }
+            }
+            else
+            {
+                for (var e = 0; e < experts.Length; e++)
+                {
+                    var expert = loaded.Keep(DenseFeedForward.Load(weights, $"{prefix}experts.{e}.", hidden, config.ExpertIntermediateSize, bias: false));
+                    experts[e] = new ExpertWeights(expert.Gate, expert.Up, expert.Down);
+                }
+            }
+
+            return new MixtureOfExpertsFeedForward(config, router, experts, stacked);
+        }
+        catch
+        {
+            loaded.ForEach(d => d.Dispose());
+            throw;
+        }
+    }
+
+    internal override void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, Tensor output)
+    {
+        backend.Linear(input, Router, step.RouterLogits!);
+        backend.TopKRouting(step.RouterLogits!, _config.ExpertsPerToken, _config.NormalizeTopKProbabilities, step.ExpertIndices!, step.ExpertWeights!);
+        backend.MixtureOfExperts(input, step.ExpertIndices!, step.ExpertWeights!, Experts, output);
+    }
+
+    public override void Dispose()
+    {
+        Router.Dispose();
+        foreach (var expert in Experts)
+        {
+            expert?.Gate.Dispose();
+            expert?.Up.Dispose();
+            expert?.Down.Dispose();
+        }
+
+        foreach (var storage in _stackedStorage)
+        {
+            storage.Dispose();
+        }
+    }
+
+    // Disposes the stacked tensors loaded so far when loading fails part-way.
+    private sealed class StackedStorage(List<IDisposable> items) : IDisposable
+    {
+        public void Dispose() => items.ForEach(d => d.Dispose());
+    }
+}

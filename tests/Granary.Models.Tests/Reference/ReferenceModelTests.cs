@@ -1,0 +1,123 @@
+using Granary.Tensors.Cpu;
+
+namespace Granary.Models.Tests.Reference;
+
+/// <summary>Every reference model: logits and greedy tokens as transformers computes them.</summary>
+public sealed class ReferenceModelTests : IDisposable
+{
+    private const float Tolerance = 1e-3f;
+
+    private readonly CpuBackend _backend = new();
+
+    public static TheoryData<string> Models => new(ReferenceModel.Names());
+
+    public void Dispose() => _backend.Dispose();
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void PromptLogitsMatchTransformers(string name)
+    {
+        var reference = ReferenceModel.Load(name);
+        using var loaded = ModelLoader.Load(reference.Directory, _backend);
+        using var cache = loaded.Model.CreateCache(reference.PromptIds.Length);
+
+        var logits = loaded.Model.ForwardAllPositions(reference.PromptIds, cache);
+
+        AssertRowsClose(reference.Logits, logits, loaded.Model.Config.VocabularySize, "prompt");
+        Assert.Equal(reference.PromptIds.Length, cache.Length);
+    }
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void GreedyDecodeWithCacheMatchesTransformers(string name)
+    {
+        var reference = ReferenceModel.Load(name);
+        using var loaded = ModelLoader.Load(reference.Directory, _backend);
+        var model = loaded.Model;
+        using var cache = model.CreateCache(reference.PromptIds.Length + reference.GreedyTokens.Length);
+        var logits = new float[model.Config.VocabularySize];
+        var tokens = new List<int>();
+
+        model.Forward(reference.PromptIds, cache, logits);
+        for (var step = 0; step < reference.GreedyTokens.Length; step++)
+        {
+            if (reference.DecodeLogits is { } expected)
+            {
+                AssertClose(expected[step], logits, $"decode step {step}");
+            }
+
+            tokens.Add(ArgMax(logits));
+            if (step + 1 < reference.GreedyTokens.Length)
+            {
+                model.Forward([tokens[^1]], cache, logits);
+            }
+        }
+
+        Assert.Equal(reference.GreedyTokens, tokens);
+    }
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void ChunkedPrefillMatchesTransformers(string name)
+    {
+        var reference = ReferenceModel.Load(name);
+        using var loaded = ModelLoader.Load(reference.Directory, _backend, new ModelLoadOptions { PrefillChunkSize = 5 });
+        var model = loaded.Model;
+        var vocabulary = model.Config.VocabularySize;
+        using var cache = model.CreateCache(reference.PromptIds.Length);
+
+        var all = model.ForwardAllPositions(reference.PromptIds, cache);
+        AssertRowsClose(reference.Logits, all, vocabulary, "chunked prompt");
+
+        cache.Reset();
+        var last = new float[vocabulary];
+        model.Forward(reference.PromptIds, cache, last);
+        AssertClose(reference.Logits[^1], last, "chunked prompt, last position");
+
+        // Reusing a cached prefix: drop the tail and run it again.
+        cache.Truncate(3);
+        model.Forward(reference.PromptIds.AsSpan(3), cache, last);
+        AssertClose(reference.Logits[^1], last, "after truncating to 3 positions");
+    }
+
+    private static void AssertRowsClose(float[][] expected, float[] actual, int vocabulary, string what)
+    {
+        Assert.Equal(expected.Length * vocabulary, actual.Length);
+        for (var row = 0; row < expected.Length; row++)
+        {
+            AssertClose(expected[row], actual.AsSpan(row * vocabulary, vocabulary), $"{what}, position {row}");
+        }
+    }
+
+    private static void AssertClose(float[] expected, ReadOnlySpan<float> actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        var worst = 0f;
+        var at = 0;
+        for (var i = 0; i < expected.Length; i++)
+        {
+            var difference = Math.Abs(expected[i] - actual[i]);
+            if (!(difference <= worst))
+            {
+                worst = difference;
+                at = i;
+            }
+        }
+
+        Assert.True(worst < Tolerance, $"{what}: max |logit - reference| = {worst} at id {at} (expected {expected[at]}, got {actual[at]}).");
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> values)
+    {
+        var best = 0;
+        for (var i = 1; i < values.Length; i++)
+        {
+            if (values[i] > values[best])
+            {
+                best = i;
+            }
+        }
+
+        return best;
+    }
+}
