@@ -1,0 +1,187 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using Granary.Models;
+using Granary.Models.Safetensors;
+using Granary.Tensors;
+
+namespace Granary.Bench;
+
+/// <summary>
+/// `decode`: prefill and decode tokens/s of a Qwen3-0.6B-shaped model with generated weights (bf16 and MLX 4-bit)
+/// on the CPU backend, beside the roofline: measured memory read bandwidth over the weight bytes read per token.
+/// </summary>
+internal static class DecodeBenchmark
+{
+    private const int Hidden = 1024;
+    private const int Heads = 16;
+    private const int KeyValueHeads = 8;
+    private const int HeadDim = 128;
+    private const int Intermediate = 3072;
+    private const int Vocabulary = 151936;
+
+    public static int Run(string[] args)
+    {
+        var layers = IntOption(args, "--layers", 28);
+        var promptTokens = IntOption(args, "--prompt", 128);
+        var decodeTokens = IntOption(args, "--tokens", 32);
+        var threads = IntOption(args, "--threads", Environment.ProcessorCount);
+        var formats = (Option(args, "--formats") ?? "bf16,q4").Split(',');
+
+        Console.WriteLine($"Qwen3-0.6B shape: {layers} layers, hidden {Hidden}, vocab {Vocabulary}; {threads} threads; " +
+                          $"prompt {promptTokens}, decode {decodeTokens} tokens");
+        var bandwidth = MemoryBandwidth.Measure(threads);
+        Console.WriteLine($"Measured memory read bandwidth: {bandwidth.GigabytesPerSecond:F1} GB/s");
+        Console.WriteLine();
+        Console.WriteLine("| weights | bytes/token | prefill tok/s | decode tok/s | roofline tok/s | % of roofline |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        foreach (var format in formats)
+        {
+            var directory = Path.Combine(Path.GetTempPath(), $"granary-bench-qwen3-{format}-{layers}");
+            if (!File.Exists(Path.Combine(directory, "model.safetensors")))
+            {
+                WriteModel(directory, layers, format);
+            }
+
+            using var backend = ComputeBackends.Create("cpu", threads);
+            using var loaded = ModelLoader.Load(directory, backend);
+            var (prefill, decode) = Measure(loaded.Model, promptTokens, decodeTokens);
+            var roofline = bandwidth.BytesPerSecond / loaded.Model.WeightBytes;
+            Console.WriteLine(
+                $"| {format} | {loaded.Model.WeightBytes / 1e6:F0} MB | {prefill:F1} | {decode:F2} | {roofline:F2} | {100 * decode / roofline:F0}% |");
+        }
+
+        return 0;
+    }
+
+    private static (double Prefill, double Decode) Measure(CausalLanguageModel model, int promptTokens, int decodeTokens)
+    {
+        var prompt = new int[promptTokens];
+        for (var i = 0; i < prompt.Length; i++)
+        {
+            prompt[i] = (i * 7919) % Vocabulary;
+        }
+
+        var logits = new float[Vocabulary];
+        using var cache = model.CreateCache(promptTokens + decodeTokens + 1);
+
+        // One short warm-up pass so JIT tiering does not count against either phase.
+        model.Forward(prompt.AsSpan(0, 4), cache, logits);
+        cache.Reset();
+
+        var clock = Stopwatch.StartNew();
+        model.Forward(prompt, cache, logits);
+        var prefill = promptTokens / clock.Elapsed.TotalSeconds;
+
+        Span<int> next = stackalloc int[1];
+        clock.Restart();
+        for (var i = 0; i < decodeTokens; i++)
+        {
+            next[0] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+            model.Forward(next, cache, logits);
+        }
+
+        return (prefill, decodeTokens / clock.Elapsed.TotalSeconds);
+    }
+
+    private static void WriteModel(string directory, int layers, string format)
+    {
+        var bits = format switch
+        {
+            "bf16" => 0,
+            "q4" => 4,
+            "q8" => 8,
+            _ => throw new ArgumentException($"unknown format '{format}' (bf16, q4, q8)."),
+        };
+        const int groupSize = 64;
+        Console.Error.WriteLine($"Writing a generated {format} model to {directory}...");
+        Directory.CreateDirectory(directory);
+        var config = new JsonObject
+        {
+            ["model_type"] = "qwen3",
+            ["vocab_size"] = Vocabulary,
+            ["hidden_size"] = Hidden,
+            ["intermediate_size"] = Intermediate,
+            ["num_hidden_layers"] = layers,
+            ["num_attention_heads"] = Heads,
+            ["num_key_value_heads"] = KeyValueHeads,
+            ["head_dim"] = HeadDim,
+            ["max_position_embeddings"] = 40960,
+            ["rms_norm_eps"] = 1e-6,
+            ["rope_theta"] = 1000000.0,
+            ["tie_word_embeddings"] = true,
+            ["torch_dtype"] = "bfloat16",
+        };
+        if (bits > 0)
+        {
+            config["quantization"] = new JsonObject { ["group_size"] = groupSize, ["bits"] = bits };
+        }
+
+        File.WriteAllText(Path.Combine(directory, "config.json"), config.ToJsonString());
+        var random = new Random(1234);
+        var writer = new SafetensorsWriter();
+        void Linear(string name, int outFeatures, int inFeatures)
+        {
+            if (bits == 0)
+            {
+                writer.Add(name + ".weight", DType.BF16, [outFeatures, inFeatures], RandomBFloat16(random, (long)outFeatures * inFeatures, 0.02f));
+                return;
+            }
+
+            var codes = new uint[(long)outFeatures * inFeatures * bits / 32];
+            random.NextBytes(MemoryMarshal.AsBytes(codes.AsSpan()));
+            var groups = (long)outFeatures * (inFeatures / groupSize);
+            writer.Add(name + ".weight", codes, outFeatures, inFeatures * bits / 32);
+            writer.Add(name + ".scales", DType.BF16, [outFeatures, inFeatures / groupSize], RandomBFloat16(random, groups, 0.002f));
+            writer.Add(name + ".biases", DType.BF16, [outFeatures, inFeatures / groupSize], RandomBFloat16(random, groups, 0.01f));
+        }
+
+        void Norm(string name, int size) =>
+            writer.Add(name, DType.BF16, [size], MemoryMarshal.AsBytes(Enumerable.Repeat((ushort)0x3F80, size).ToArray().AsSpan()));
+
+        Linear("model.embed_tokens", Vocabulary, Hidden);
+        Norm("model.norm.weight", Hidden);
+        for (var layer = 0; layer < layers; layer++)
+        {
+            var prefix = $"model.layers.{layer}.";
+            Norm(prefix + "input_layernorm.weight", Hidden);
+            Norm(prefix + "post_attention_layernorm.weight", Hidden);
+            Norm(prefix + "self_attn.q_norm.weight", HeadDim);
+            Norm(prefix + "self_attn.k_norm.weight", HeadDim);
+            Linear(prefix + "self_attn.q_proj", Heads * HeadDim, Hidden);
+            Linear(prefix + "self_attn.k_proj", KeyValueHeads * HeadDim, Hidden);
+            Linear(prefix + "self_attn.v_proj", KeyValueHeads * HeadDim, Hidden);
+            Linear(prefix + "self_attn.o_proj", Hidden, Heads * HeadDim);
+            Linear(prefix + "mlp.gate_proj", Intermediate, Hidden);
+            Linear(prefix + "mlp.up_proj", Intermediate, Hidden);
+            Linear(prefix + "mlp.down_proj", Hidden, Intermediate);
+        }
+
+        writer.Save(Path.Combine(directory, "model.safetensors"));
+    }
+
+    /// <summary>Uniform values in [-scale, scale] as bf16 bytes, built directly from random bits for speed.</summary>
+    private static byte[] RandomBFloat16(Random random, long count, float scale)
+    {
+        var values = new ushort[count];
+        var uniforms = new byte[count];
+        random.NextBytes(uniforms);
+        for (long i = 0; i < count; i++)
+        {
+            var value = ((uniforms[i] / 127.5f) - 1f) * scale;
+            values[i] = (ushort)(BitConverter.SingleToUInt32Bits(value) >> 16);
+        }
+
+        return MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+    }
+
+    private static string? Option(string[] args, string name)
+    {
+        var index = Array.IndexOf(args, name);
+        return index >= 0 && index + 1 < args.Length ? args[index + 1] : null;
+    }
+
+    private static int IntOption(string[] args, string name, int fallback) =>
+        Option(args, name) is { } text ? int.Parse(text, CultureInfo.InvariantCulture) : fallback;
+}
