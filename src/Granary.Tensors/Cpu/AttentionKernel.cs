@@ -1,0 +1,83 @@
+namespace Granary.Tensors.Cpu;
+
+/// <summary>Arguments of causal grouped-query attention; one work item per (query row, kv head).</summary>
+internal unsafe struct AttentionJob
+{
+    public float* Query;
+    public float* Keys;
+    public float* Values;
+    public float* Output;
+    public int Heads;
+    public int KvHeads;
+    public int HeadDim;
+    public int StartPosition;
+    public float Scale;
+}
+
+internal static unsafe class AttentionKernel
+{
+    /// <summary>
+    /// All query heads that share one kv head attend together, so each cached key and value row is read once per
+    /// query row. Scores live in per-thread scratch, so long contexts allocate nothing per call.
+    /// </summary>
+    public static void Run(void* arguments, int item)
+    {
+        ref var job = ref *(AttentionJob*)arguments;
+        var queryRow = item / job.KvHeads;
+        var kvHead = item % job.KvHeads;
+        var group = job.Heads / job.KvHeads;
+        var d = job.HeadDim;
+        var length = job.StartPosition + queryRow + 1;
+        var scores = ThreadScratch.Floats(2, (long)group * length);
+        var firstHead = kvHead * group;
+        var query = job.Query + (((long)queryRow * job.Heads) + firstHead) * d;
+        var output = job.Output + (((long)queryRow * job.Heads) + firstHead) * d;
+        var kvStride = (long)job.KvHeads * d;
+        var keys = job.Keys + ((long)kvHead * d);
+        var values = job.Values + ((long)kvHead * d);
+
+        for (long j = 0; j < length; j++)
+        {
+            var key = keys + (j * kvStride);
+            for (var h = 0; h < group; h++)
+            {
+                scores[(h * (long)length) + j] = DenseKernels.Dot(query + ((long)h * d), key, d) * job.Scale;
+            }
+        }
+
+        for (var h = 0; h < group; h++)
+        {
+            var row = scores + (h * (long)length);
+            var max = float.NegativeInfinity;
+            for (long j = 0; j < length; j++)
+            {
+                max = MathF.Max(max, row[j]);
+            }
+
+            var sum = 0f;
+            for (long j = 0; j < length; j++)
+            {
+                var e = MathF.Exp(row[j] - max);
+                row[j] = e;
+                sum += e;
+            }
+
+            var inverse = 1f / sum;
+            for (long j = 0; j < length; j++)
+            {
+                row[j] *= inverse;
+            }
+
+            new Span<float>(output + ((long)h * d), d).Clear();
+        }
+
+        for (long j = 0; j < length; j++)
+        {
+            var value = values + (j * kvStride);
+            for (var h = 0; h < group; h++)
+            {
+                DenseKernels.MultiplyAdd(value, scores[(h * (long)length) + j], output + ((long)h * d), d);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+using Granary.Tensors.Cpu;
+
+namespace Granary.Tensors.Tests;
+
+public sealed class LinearTests : IDisposable
+{
+    // The f32 sum of 'in' products carries a rounding error of at most about in * 2^-24 of the sum of absolute terms;
+    // 1e-5 of that magnitude covers in <= 160 with margin, and any real indexing or conversion bug is far larger.
+    private const double Relative = 1e-5;
+
+    private readonly CpuBackend _backend = new(threads: 2);
+
+    public static TheoryData<DType, int, int, int, bool> DenseCases()
+    {
+        var data = new TheoryData<DType, int, int, int, bool>();
+        foreach (var dtype in new[] { DType.F32, DType.F16, DType.BF16 })
+        {
+            foreach (var (inFeatures, outFeatures) in new[] { (67, 13), (160, 9), (16, 4) })
+            {
+                foreach (var tokens in new[] { 1, 5 })
+                {
+                    data.Add(dtype, inFeatures, outFeatures, tokens, tokens == 5);
+                }
+            }
+
+            // Several row tiles, 4x4 register blocks plus leftover rows and tokens.
+            data.Add(dtype, 160, 70, 9, true);
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(DenseCases))]
+    public void DenseLinearMatchesReference(DType dtype, int inFeatures, int outFeatures, int tokens, bool withBias)
+    {
+        var w = TestData.RoundTo(TestData.Random(outFeatures * inFeatures, 1), dtype);
+        var x = TestData.Random(tokens * inFeatures, 2);
+        var b = TestData.Random(outFeatures, 3);
+        using var weight = new DenseWeight(
+            TestData.Upload(_backend, w, dtype, outFeatures, inFeatures),
+            withBias ? TestData.Upload(_backend, b, DType.F32, outFeatures) : null);
+        using var input = TestData.Upload(_backend, x, DType.F32, tokens, inFeatures);
+        using var output = _backend.Allocate(DType.F32, tokens, outFeatures);
+
+        _backend.Linear(input, weight, output);
+
+        var (expected, magnitude) = Reference(w.Select(v => (double)v).ToArray(), x, withBias ? b : null, tokens, inFeatures, outFeatures);
+        TestData.AssertClose(expected, magnitude, TestData.Read(output), Relative);
+    }
+
+    public static TheoryData<int, int, int, DType> QuantizedCases()
+    {
+        var data = new TheoryData<int, int, int, DType>();
+        foreach (var bits in new[] { 4, 8 })
+        {
+            foreach (var groupSize in new[] { 32, 64, 128 })
+            {
+                foreach (var tokens in new[] { 1, 5 })
+                {
+                    data.Add(bits, groupSize, tokens, groupSize == 64 ? DType.F32 : groupSize == 32 ? DType.BF16 : DType.F16);
+                }
+            }
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(QuantizedCases))]
+    public void QuantizedLinearMatchesReference(int bits, int groupSize, int tokens, DType scaleDType)
+    {
+        const int OutFeatures = 13;
+        var inFeatures = groupSize * 3;
+        var (weight, dequantized) = TestData.Quantize(
+            _backend, TestData.Random(OutFeatures * inFeatures, 4), OutFeatures, inFeatures, bits, groupSize, scaleDType);
+        var x = TestData.Random(tokens * inFeatures, 5);
+        using var _ = weight;
+        using var input = TestData.Upload(_backend, x, DType.F32, tokens, inFeatures);
+        using var output = _backend.Allocate(DType.F32, tokens, OutFeatures);
+
+        _backend.Linear(input, weight, output);
+
+        // Up to 384 terms, and the decode path sums scale * Σqx + bias * Σx, whose parts can exceed Σ|wx| by the code range.
+        var (expected, magnitude) = Reference(dequantized, x, null, tokens, inFeatures, OutFeatures);
+        TestData.AssertClose(expected, magnitude, TestData.Read(output), bits == 8 ? 2e-4 : 5e-5);
+    }
+
+    [Fact]
+    public void DecodeSpreadsManyRowsOverWorkers()
+    {
+        const int InFeatures = 96;
+        const int OutFeatures = 1031;
+        var w = TestData.RoundTo(TestData.Random(OutFeatures * InFeatures, 6), DType.BF16);
+        var x = TestData.Random(InFeatures, 7);
+        using var weight = new DenseWeight(TestData.Upload(_backend, w, DType.BF16, OutFeatures, InFeatures));
+        using var input = TestData.Upload(_backend, x, DType.F32, 1, InFeatures);
+        using var output = _backend.Allocate(DType.F32, 1, OutFeatures);
+
+        _backend.Linear(input, weight, output);
+
+        var (expected, magnitude) = Reference(w.Select(v => (double)v).ToArray(), x, null, 1, InFeatures, OutFeatures);
+        TestData.AssertClose(expected, magnitude, TestData.Read(output), Relative);
+    }
+
+    [Fact]
+    public void RejectsMismatchedShapes()
+    {
+        using var weight = new DenseWeight(_backend.Allocate(DType.BF16, 4, 8));
+        using var input = _backend.Allocate(DType.F32, 2, 7);
+        using var output = _backend.Allocate(DType.F32, 2, 4);
+        var error = Assert.Throws<ArgumentException>(() => _backend.Linear(input, weight, output));
+        Assert.Contains("F32[2, 7]", error.Message);
+    }
+
+    public void Dispose() => _backend.Dispose();
+
+    internal static (double[] Expected, double[] Magnitude) Reference(double[] w, float[] x, float[]? bias, int tokens, int inFeatures, int outFeatures)
+    {
+        var expected = new double[tokens * outFeatures];
+        var magnitude = new double[tokens * outFeatures];
+        for (var t = 0; t < tokens; t++)
+        {
+            for (var o = 0; o < outFeatures; o++)
+            {
+                double sum = bias?[o] ?? 0, size = Math.Abs(bias?[o] ?? 0);
+                for (var i = 0; i < inFeatures; i++)
+                {
+                    var term = w[(o * inFeatures) + i] * x[(t * inFeatures) + i];
+                    sum += term;
+                    size += Math.Abs(term);
+                }
+
+                expected[(t * outFeatures) + o] = sum;
+                magnitude[(t * outFeatures) + o] = size;
+            }
+        }
+
+        return (expected, magnitude);
+    }
+}
