@@ -104,6 +104,45 @@ public sealed class LinearTests : IDisposable
     }
 
     [Fact]
+    public unsafe void AddressesWeightsBeyondTwoGigabytes()
+    {
+        // A 2.15 GB bf16 table in a lazily committed allocation: only the rows written below, past the 2^31-byte mark,
+        // are ever touched (a full GEMV over it would take too long on a shared test machine).
+        const int InFeatures = 16384;
+        const int OutFeatures = 65600;
+        const int Written = 5;
+        var bytes = (long)OutFeatures * InFeatures * 2;
+        var memory = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed((nuint)bytes);
+        try
+        {
+            var w = TestData.RoundTo(TestData.Random(Written * InFeatures, 8), DType.BF16);
+            var tailOffset = (long)(OutFeatures - Written) * InFeatures * 2;
+            Granary.Tensors.Numerics.FloatConversion.SingleToBFloat16(w, new Span<ushort>(memory + tailOffset, Written * InFeatures));
+            var x = TestData.Random(InFeatures, 9);
+            using var table = _backend.Map(new HostRegion(memory, bytes, this), DType.BF16, OutFeatures, InFeatures);
+            using var embeddingTable = new DenseWeight(table);
+            using var ids = TestData.UploadInts(_backend, [OutFeatures - 1, OutFeatures - Written], 2);
+            using var embedded = _backend.Allocate(DType.F32, 2, InFeatures);
+            using var tailRows = new DenseWeight(new Tensor(table.Buffer, DType.BF16, [Written, InFeatures], tailOffset, ownsBuffer: false));
+            using var input = TestData.Upload(_backend, x, DType.F32, 1, InFeatures);
+            using var output = _backend.Allocate(DType.F32, 1, Written);
+
+            _backend.Embedding(embeddingTable, ids, embedded);
+            _backend.Linear(input, tailRows, output);
+
+            Assert.Equal(w[^InFeatures..].Concat(w[..InFeatures]), TestData.Read(embedded));
+            // 16384 terms summed in 32 interleaved f32 partial sums: the rounding error grows like sqrt(terms) * 2^-24
+            // of the magnitude, well under 1e-4 of it.
+            var (expected, magnitude) = Reference(w.Select(v => (double)v).ToArray(), x, null, 1, InFeatures, Written);
+            TestData.AssertClose(expected, magnitude, TestData.Read(output), 1e-4);
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.Free(memory);
+        }
+    }
+
+    [Fact]
     public void RejectsMismatchedShapes()
     {
         using var weight = new DenseWeight(_backend.Allocate(DType.BF16, 4, 8));

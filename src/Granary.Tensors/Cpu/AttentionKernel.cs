@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+
 namespace Granary.Tensors.Cpu;
 
 /// <summary>Arguments of causal grouped-query attention; one work item per (query row, kv head).</summary>
@@ -47,27 +49,10 @@ internal static unsafe class AttentionKernel
 
         for (var h = 0; h < group; h++)
         {
-            var row = scores + (h * (long)length);
-            var max = float.NegativeInfinity;
-            for (long j = 0; j < length; j++)
-            {
-                max = MathF.Max(max, row[j]);
-            }
-
-            var sum = 0f;
-            for (long j = 0; j < length; j++)
-            {
-                var e = MathF.Exp(row[j] - max);
-                row[j] = e;
-                sum += e;
-            }
-
-            var inverse = 1f / sum;
-            for (long j = 0; j < length; j++)
-            {
-                row[j] *= inverse;
-            }
-
+            var row = new Span<float>(scores + (h * (long)length), length);
+            TensorPrimitives.Subtract(row, TensorPrimitives.Max(row), row);
+            TensorPrimitives.Exp(row, row);
+            TensorPrimitives.Multiply(row, 1f / TensorPrimitives.Sum(row), row);
             new Span<float>(output + ((long)h * d), d).Clear();
         }
 

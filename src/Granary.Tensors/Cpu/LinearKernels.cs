@@ -42,7 +42,7 @@ internal static unsafe class LinearKernels
     /// <summary>How many rows ahead the quantized decode prefetches.</summary>
     private const int QuantizedPrefetchRows = 4;
 
-    public static int TileRows(int inFeatures) => Math.Clamp(TileBytes / (inFeatures * sizeof(float)) / 4 * 4, 4, 64);
+    public static int TileRows(int inFeatures) => Math.Clamp(TileBytes / (Math.Max(1, inFeatures) * sizeof(float)) / 4 * 4, 4, 64);
 
     public static void DenseDecode<T>(void* arguments, int item)
         where T : struct, IWeightLoader
