@@ -12,7 +12,6 @@ internal sealed unsafe class CudaGemm : IDisposable
 
     private readonly IntPtr _handle;
     private readonly ulong _workspace;
-    private readonly Func<long, ulong> _allocate;
     private readonly Action<ulong> _free;
     private readonly Dictionary<Key, Plan> _plans = [];
 
@@ -21,7 +20,6 @@ internal sealed unsafe class CudaGemm : IDisposable
         IntPtr handle;
         CublasLt.Check(CublasLt.cublasLtCreate(&handle), "cublasLtCreate");
         _handle = handle;
-        _allocate = allocate;
         _free = free;
         _workspace = allocate(WorkspaceBytes);
     }

@@ -11,7 +11,6 @@ internal static unsafe class Driver
     public const int CU_STREAM_NON_BLOCKING = 1;
     public const int CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
     public const int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
-    public const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 
     private const string Lib = CudaLibraries.Driver;
 
@@ -41,15 +40,9 @@ internal static unsafe class Driver
     [DllImport(Lib)] public static extern int cuGraphLaunch(IntPtr graphExec, IntPtr stream);
     [DllImport(Lib)] public static extern int cuGraphExecDestroy(IntPtr graphExec);
     [DllImport(Lib)] public static extern int cuGraphDestroy(IntPtr graph);
-    [DllImport(Lib)] public static extern int cuEventCreate(IntPtr* handle, uint flags);
-    [DllImport(Lib)] public static extern int cuEventRecord(IntPtr handle, IntPtr stream);
-    [DllImport(Lib)] public static extern int cuEventSynchronize(IntPtr handle);
-    [DllImport(Lib)] public static extern int cuEventElapsedTime(float* milliseconds, IntPtr start, IntPtr end);
-    [DllImport(Lib)] public static extern int cuEventDestroy_v2(IntPtr handle);
     [DllImport(Lib)] public static extern int cuModuleLoadData(IntPtr* module, void* image);
     [DllImport(Lib)] public static extern int cuModuleUnload(IntPtr module);
     [DllImport(Lib)] public static extern int cuModuleGetFunction(IntPtr* function, IntPtr module, byte* name);
-    [DllImport(Lib)] public static extern int cuFuncSetAttribute(IntPtr function, int attribute, int value);
 
     [DllImport(Lib)]
     public static extern int cuLaunchKernel(

@@ -1,0 +1,430 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Granary.Tensors;
+using Granary.Tensors.Cuda;
+
+namespace Granary.Bench;
+
+/// <summary>
+/// Decode and prefill speed of the CUDA backend on Qwen3-0.6B- and Qwen3-8B-shaped bf16 decoders whose weights are
+/// generated on the GPU, beside the decode roofline: weight bytes per step over the device-to-device copy bandwidth
+/// measured in the same run. The step issues exactly the backend operations of Granary.Models' decoder layer
+/// (RMSNorm, q/k/v, q/k norm, RoPE, cache append, attention, o, SwiGLU, residuals; final norm and lm_head) and reads
+/// the logits back every step as generation does. Batch 8 is 8 sequences decoded together (Linear over 8 rows,
+/// attention per sequence). "graph" replays the step captured as a CUDA graph at one fixed position.
+/// </summary>
+internal static class CudaBenchmark
+{
+    private static readonly Shape[] Shapes =
+    [
+        new("qwen3-0.6b", Hidden: 1024, Layers: 28, Heads: 16, KvHeads: 8, HeadDim: 128, Inner: 3072, Vocabulary: 151936, Tied: true),
+        new("qwen3-8b", Hidden: 4096, Layers: 36, Heads: 32, KvHeads: 8, HeadDim: 128, Inner: 12288, Vocabulary: 151936, Tied: false),
+    ];
+
+    public static int Run(string[] arguments)
+    {
+        var options = Options.Parse(arguments);
+        using var backend = new CudaBackend();
+        Console.WriteLine($"CUDA backend on {backend.DeviceName}; prompt {options.Prompt} tokens, {options.Steps} decode steps");
+        var bandwidth = MeasureCopyBandwidth(backend);
+        Console.WriteLine($"Device copy bandwidth (cuMemcpyDtoD, read + write): {bandwidth / 1e12:F2} TB/s");
+        var rows = new List<string>();
+        foreach (var shape in Shapes.Where(s => options.Models.Contains(s.Name)))
+        {
+            using var model = new SyntheticModel(backend, shape);
+            var bytes = model.WeightBytesPerStep;
+            var prefill = model.MeasurePrefill(options.Prompt);
+            foreach (var batch in options.Batches)
+            {
+                var (eager, graph, linearBandwidth) = model.MeasureDecode(batch, options.Prompt, options.Steps);
+                var roofline = bandwidth / bytes * batch;
+                rows.Add(string.Create(
+                    CultureInfo.InvariantCulture,
+                    $"{shape.Name,-11} {batch,5} {bytes / 1e9,10:F2} {roofline,10:F0} {eager,9:F1} {eager / roofline,6:P0} {graph,9:F1} {graph / roofline,6:P0} {linearBandwidth / 1e12,9:F2} {prefill,12:F0}"));
+                Console.WriteLine(rows[^1]);
+            }
+        }
+
+        Console.WriteLine();
+        Console.WriteLine($"{"model",-11} {"batch",5} {"weight GB",10} {"roofline",10} {"eager",9} {"%roof",6} {"graph",9} {"%roof",6} {"gemv TB/s",9} {"prefill t/s",12}");
+        rows.ForEach(Console.WriteLine);
+        Console.WriteLine("(decode columns in tokens/s summed over the batch; roofline = copy bandwidth / weight bytes per step x batch;");
+        Console.WriteLine(" gemv TB/s = weight bytes of the step's Linear calls alone, replayed as a graph, over their time)");
+        return 0;
+    }
+
+    private static double MeasureCopyBandwidth(CudaBackend backend)
+    {
+        const int Bytes = 1 << 30, Repeats = 10;
+        using var source = backend.Allocate(DType.U8, Bytes);
+        using var destination = backend.Allocate(DType.U8, Bytes);
+        backend.Copy(source, destination);
+        backend.Synchronize();
+        var best = double.MaxValue;
+        for (var round = 0; round < 3; round++)
+        {
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < Repeats; i++)
+            {
+                backend.Copy(source, destination);
+            }
+
+            backend.Synchronize();
+            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+        }
+
+        return 2.0 * Bytes * Repeats / best;
+    }
+
+    private sealed record Shape(string Name, int Hidden, int Layers, int Heads, int KvHeads, int HeadDim, int Inner, int Vocabulary, bool Tied);
+
+    private sealed record Options(string[] Models, int[] Batches, int Prompt, int Steps)
+    {
+        public static Options Parse(string[] arguments)
+        {
+            var options = new Options(["qwen3-0.6b", "qwen3-8b"], [1, 8], 512, 64);
+            for (var i = 0; i + 1 < arguments.Length; i += 2)
+            {
+                var value = arguments[i + 1];
+                options = arguments[i] switch
+                {
+                    "--models" => options with { Models = value.Split(',') },
+                    "--batches" => options with { Batches = value.Split(',').Select(int.Parse).ToArray() },
+                    "--prompt" => options with { Prompt = int.Parse(value, CultureInfo.InvariantCulture) },
+                    "--steps" => options with { Steps = int.Parse(value, CultureInfo.InvariantCulture) },
+                    _ => throw new ArgumentException($"Unknown option {arguments[i]}; expected --models, --batches, --prompt, --steps."),
+                };
+            }
+
+            return options;
+        }
+    }
+
+    private sealed record Layer(
+        Tensor InputNorm, LinearWeight Query, LinearWeight Key, LinearWeight Value, LinearWeight Output, Tensor QueryNorm, Tensor KeyNorm,
+        Tensor PostNorm, LinearWeight Gate, LinearWeight Up, LinearWeight Down);
+
+    /// <summary>A Qwen3-shaped decoder with random bf16 weights made on the device.</summary>
+    private sealed class SyntheticModel : IDisposable
+    {
+        private const float Epsilon = 1e-6f;
+
+        private readonly CudaBackend _backend;
+        private readonly Shape _shape;
+        private readonly List<IDisposable> _owned = [];
+        private readonly Layer[] _layers;
+        private readonly LinearWeight _embedding;
+        private readonly LinearWeight _head;
+        private readonly Tensor _finalNorm;
+        private readonly Tensor _inverseFrequency;
+        private ulong _seed = 1;
+
+        public SyntheticModel(CudaBackend backend, Shape shape)
+        {
+            _backend = backend;
+            _shape = shape;
+            _embedding = Dense(shape.Vocabulary, shape.Hidden);
+            _head = shape.Tied ? _embedding : Dense(shape.Vocabulary, shape.Hidden);
+            _finalNorm = Norm(shape.Hidden);
+            _layers = Enumerable.Range(0, shape.Layers).Select(_ => new Layer(
+                Norm(shape.Hidden),
+                Dense(shape.Heads * shape.HeadDim, shape.Hidden),
+                Dense(shape.KvHeads * shape.HeadDim, shape.Hidden),
+                Dense(shape.KvHeads * shape.HeadDim, shape.Hidden),
+                Dense(shape.Hidden, shape.Heads * shape.HeadDim),
+                Norm(shape.HeadDim),
+                Norm(shape.HeadDim),
+                Norm(shape.Hidden),
+                Dense(shape.Inner, shape.Hidden),
+                Dense(shape.Inner, shape.Hidden),
+                Dense(shape.Hidden, shape.Inner))).ToArray();
+            var frequencies = Enumerable.Range(0, shape.HeadDim / 2).Select(j => (float)Math.Pow(1e6, -2.0 * j / shape.HeadDim)).ToArray();
+            _inverseFrequency = Keep(backend.Upload(MemoryMarshal.AsBytes(frequencies.AsSpan()), DType.F32, frequencies.Length));
+            backend.Synchronize();
+        }
+
+        /// <summary>As CausalLanguageModel.WeightBytes: one embedding row, every layer, the final norm, the whole head.</summary>
+        public long WeightBytesPerStep =>
+            (_embedding.WeightBytes / _shape.Vocabulary) + _finalNorm.ByteLength + _head.WeightBytes
+            + _layers.Sum(l => l.InputNorm.ByteLength + l.Query.WeightBytes + l.Key.WeightBytes + l.Value.WeightBytes + l.Output.WeightBytes
+                + l.QueryNorm.ByteLength + l.KeyNorm.ByteLength + l.PostNorm.ByteLength + l.Gate.WeightBytes + l.Up.WeightBytes + l.Down.WeightBytes);
+
+        /// <summary>Tokens per second of one prompt of <paramref name="tokens"/> (after a warm-up prompt).</summary>
+        public double MeasurePrefill(int tokens)
+        {
+            using var state = new DecodeState(_backend, _shape, 1, tokens, tokens + 1);
+            Prefill(state, tokens);
+            _backend.Synchronize();
+            var clock = Stopwatch.StartNew();
+            Prefill(state, tokens);
+            _backend.Synchronize();
+            return tokens / clock.Elapsed.TotalSeconds;
+        }
+
+        /// <summary>
+        /// Decode tokens per second summed over <paramref name="batch"/> sequences, eager and as a graph replay, and the
+        /// bandwidth of the step's Linear calls alone.
+        /// </summary>
+        public (double Eager, double Graph, double LinearBandwidth) MeasureDecode(int batch, int prompt, int steps)
+        {
+            using var state = new DecodeState(_backend, _shape, batch, batch, prompt + steps + 1);
+            var logits = new float[batch * _shape.Vocabulary];
+            for (var warmup = 0; warmup < 3; warmup++)
+            {
+                DecodeStep(state, prompt + warmup);
+            }
+
+            _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            var clock = Stopwatch.StartNew();
+            for (var step = 0; step < steps; step++)
+            {
+                DecodeStep(state, prompt + step);
+                _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            }
+
+            var eager = batch * steps / clock.Elapsed.TotalSeconds;
+            using var graph = _backend.Capture(() => DecodeStep(state, prompt));
+            graph.Launch();
+            _backend.Synchronize();
+            clock.Restart();
+            for (var step = 0; step < steps; step++)
+            {
+                graph.Launch();
+                _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            }
+
+            var replayed = batch * steps / clock.Elapsed.TotalSeconds;
+            if (logits.Any(float.IsNaN))
+            {
+                throw new InvalidOperationException("Decode produced NaN logits.");
+            }
+
+            using var linears = _backend.Capture(() => Linears(state));
+            linears.Launch();
+            _backend.Synchronize();
+            clock.Restart();
+            for (var step = 0; step < steps; step++)
+            {
+                linears.Launch();
+            }
+
+            _backend.Synchronize();
+            var linearBytes = _head.WeightBytes + _layers.Sum(l =>
+                l.Query.WeightBytes + l.Key.WeightBytes + l.Value.WeightBytes + l.Output.WeightBytes + l.Gate.WeightBytes + l.Up.WeightBytes + l.Down.WeightBytes);
+            return (eager, replayed, linearBytes * steps / clock.Elapsed.TotalSeconds);
+        }
+
+        public void Dispose()
+        {
+            _owned.Reverse();
+            _owned.ForEach(d => d.Dispose());
+        }
+
+        private void Linears(DecodeState state)
+        {
+            var b = _backend;
+            foreach (var layer in _layers)
+            {
+                b.Linear(state.Normed, layer.Query, state.Query);
+                b.Linear(state.Normed, layer.Key, state.Key);
+                b.Linear(state.Normed, layer.Value, state.Value);
+                b.Linear(state.Attention, layer.Output, state.Projected);
+                b.Linear(state.Normed, layer.Gate, state.Gate);
+                b.Linear(state.Normed, layer.Up, state.Up);
+                b.Linear(state.Gate, layer.Down, state.Projected);
+            }
+
+            b.Linear(state.Normed, _head, state.Logits);
+        }
+
+        private void Prefill(DecodeState state, int tokens)
+        {
+            var b = _backend;
+            var s = _shape;
+            b.Embedding(_embedding, state.Ids, state.Hidden);
+            foreach (var (layer, index) in _layers.Select((l, i) => (l, i)))
+            {
+                Attention(state, layer, index, state.Positions(0, tokens), (query, output) =>
+                    b.Attention(query, state.Keys[0][index], state.Values[0][index], 0, 1f / MathF.Sqrt(s.HeadDim), output), startPosition: 0);
+                FeedForward(state, layer);
+            }
+
+            var last = state.Hidden.Slice(tokens - 1, 1);
+            b.RmsNorm(last, _finalNorm, Epsilon, state.Normed.Slice(0, 1));
+            b.Linear(state.Normed.Slice(0, 1), _head, state.Logits.Slice(0, 1));
+        }
+
+        private void DecodeStep(DecodeState state, int position)
+        {
+            var b = _backend;
+            var s = _shape;
+            b.Embedding(_embedding, state.Ids, state.Hidden);
+            foreach (var (layer, index) in _layers.Select((l, i) => (l, i)))
+            {
+                Attention(state, layer, index, state.Positions(position, state.Batch), (query, output) =>
+                {
+                    for (var sequence = 0; sequence < state.Batch; sequence++)
+                    {
+                        b.Attention(query.Slice(sequence, 1), state.Keys[sequence][index], state.Values[sequence][index], position, 1f / MathF.Sqrt(s.HeadDim), output.Slice(sequence, 1));
+                    }
+                }, position);
+                FeedForward(state, layer);
+            }
+
+            b.RmsNorm(state.Hidden, _finalNorm, Epsilon, state.Normed);
+            b.Linear(state.Normed, _head, state.Logits);
+        }
+
+        private void Attention(DecodeState state, Layer layer, int index, Tensor positions, Action<Tensor, Tensor> attend, int startPosition)
+        {
+            var b = _backend;
+            var s = _shape;
+            var n = state.Hidden.Dim(0);
+            b.RmsNorm(state.Hidden, layer.InputNorm, Epsilon, state.Normed);
+            b.Linear(state.Normed, layer.Query, state.Query);
+            b.Linear(state.Normed, layer.Key, state.Key);
+            b.Linear(state.Normed, layer.Value, state.Value);
+            var query = state.Query.Reshape(n, s.Heads, s.HeadDim);
+            var key = state.Key.Reshape(n, s.KvHeads, s.HeadDim);
+            var normedQuery = state.QueryNormed.Reshape(n, s.Heads, s.HeadDim);
+            var normedKey = state.KeyNormed.Reshape(n, s.KvHeads, s.HeadDim);
+            b.RmsNorm(query, layer.QueryNorm, Epsilon, normedQuery);
+            b.RmsNorm(key, layer.KeyNorm, Epsilon, normedKey);
+            b.Rope(normedQuery, positions, _inverseFrequency, 1f);
+            b.Rope(normedKey, positions, _inverseFrequency, 1f);
+            var value = state.Value.Reshape(n, s.KvHeads, s.HeadDim);
+            var rowsPerSequence = n / state.Batch;
+            for (var sequence = 0; sequence < state.Batch; sequence++)
+            {
+                b.Copy(normedKey.Slice(sequence * rowsPerSequence, rowsPerSequence), state.Keys[sequence][index].Slice(startPosition, rowsPerSequence));
+                b.Copy(value.Slice(sequence * rowsPerSequence, rowsPerSequence), state.Values[sequence][index].Slice(startPosition, rowsPerSequence));
+            }
+
+            attend(normedQuery, state.Attention.Reshape(n, s.Heads, s.HeadDim));
+            b.Linear(state.Attention, layer.Output, state.Projected);
+            b.Add(state.Hidden, state.Projected, state.Hidden);
+        }
+
+        private void FeedForward(DecodeState state, Layer layer)
+        {
+            var b = _backend;
+            b.RmsNorm(state.Hidden, layer.PostNorm, Epsilon, state.Normed);
+            b.Linear(state.Normed, layer.Gate, state.Gate);
+            b.Linear(state.Normed, layer.Up, state.Up);
+            b.SiluMul(state.Gate, state.Up, state.Gate);
+            b.Linear(state.Gate, layer.Down, state.Projected);
+            b.Add(state.Hidden, state.Projected, state.Hidden);
+        }
+
+        private DenseWeight Dense(int outFeatures, int inFeatures)
+        {
+            var weight = _backend.Allocate(DType.BF16, outFeatures, inFeatures);
+            var bound = 1f / MathF.Sqrt(inFeatures);
+            _backend.FillUniform(weight, -bound, bound, _seed++);
+            return Keep(new DenseWeight(weight));
+        }
+
+        private Tensor Norm(int length)
+        {
+            var weight = _backend.Allocate(DType.BF16, length);
+            _backend.FillUniform(weight, 0.8f, 1.2f, _seed++);
+            return Keep(weight);
+        }
+
+        private T Keep<T>(T item)
+            where T : IDisposable
+        {
+            _owned.Add(item);
+            return item;
+        }
+    }
+
+    /// <summary>Activations and per-sequence KV caches for <see cref="Batch"/> sequences stepping together.</summary>
+    private sealed class DecodeState : IDisposable
+    {
+        private readonly List<Tensor> _owned = [];
+        private readonly Tensor _positionTable;
+
+        public DecodeState(CudaBackend backend, Shape shape, int batch, int rows, int capacity)
+        {
+            Batch = batch;
+            Tensor Make(DType dtype, params int[] dims)
+            {
+                var tensor = backend.Allocate(dtype, dims);
+                _owned.Add(tensor);
+                return tensor;
+            }
+
+            var ids = Enumerable.Range(0, rows).Select(i => (i * 7919) % shape.Vocabulary).ToArray();
+            Ids = backend.Upload(MemoryMarshal.AsBytes(ids.AsSpan()), DType.I32, rows);
+            _owned.Add(Ids);
+
+            // Row p of the table holds position p for every sequence; prefill reads positions 0..n-1 of column 0.
+            var table = new int[capacity * batch];
+            for (var i = 0; i < table.Length; i++)
+            {
+                table[i] = i / batch;
+            }
+
+            _positionTable = backend.Upload(MemoryMarshal.AsBytes(table.AsSpan()), DType.I32, capacity, batch);
+            _owned.Add(_positionTable);
+            Hidden = Make(DType.F32, rows, shape.Hidden);
+            Normed = Make(DType.F32, rows, shape.Hidden);
+            Query = Make(DType.F32, rows, shape.Heads * shape.HeadDim);
+            QueryNormed = Make(DType.F32, rows, shape.Heads * shape.HeadDim);
+            Key = Make(DType.F32, rows, shape.KvHeads * shape.HeadDim);
+            KeyNormed = Make(DType.F32, rows, shape.KvHeads * shape.HeadDim);
+            Value = Make(DType.F32, rows, shape.KvHeads * shape.HeadDim);
+            Attention = Make(DType.F32, rows, shape.Heads * shape.HeadDim);
+            Projected = Make(DType.F32, rows, shape.Hidden);
+            Gate = Make(DType.F32, rows, shape.Inner);
+            Up = Make(DType.F32, rows, shape.Inner);
+            Logits = Make(DType.F32, batch, shape.Vocabulary);
+            Keys = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, shape.Layers).Select(_ => Make(DType.F32, capacity, shape.KvHeads, shape.HeadDim)).ToArray()).ToArray();
+            Values = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, shape.Layers).Select(_ => Make(DType.F32, capacity, shape.KvHeads, shape.HeadDim)).ToArray()).ToArray();
+        }
+
+        public int Batch { get; }
+
+        public Tensor Ids { get; }
+
+        public Tensor Hidden { get; }
+
+        public Tensor Normed { get; }
+
+        public Tensor Query { get; }
+
+        public Tensor QueryNormed { get; }
+
+        public Tensor Key { get; }
+
+        public Tensor KeyNormed { get; }
+
+        public Tensor Value { get; }
+
+        public Tensor Attention { get; }
+
+        public Tensor Projected { get; }
+
+        public Tensor Gate { get; }
+
+        public Tensor Up { get; }
+
+        public Tensor Logits { get; }
+
+        public Tensor[][] Keys { get; }
+
+        public Tensor[][] Values { get; }
+
+        /// <summary>Positions [count]: for decode, <paramref name="start"/> for every sequence; for a prompt, start..start+count-1.</summary>
+        public Tensor Positions(int start, int count) =>
+            Batch == 1 ? _positionTable.Slice(start, count).Reshape(count) : _positionTable.Slice(start, 1).Reshape(count);
+
+        public void Dispose()
+        {
+            _owned.Reverse();
+            _owned.ForEach(t => t.Dispose());
+        }
+    }
+}
