@@ -1,0 +1,227 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Granary.Abstractions;
+using Granary.Models;
+using Granary.Models.BuiltIn;
+using Granary.Models.Configuration;
+using Granary.Tensors;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Granary.Grains;
+
+/// <summary>
+/// The silo-local owner of model weights: one compute backend and the shards loaded on it. A singleton service,
+/// not grain state, so a shard grain that is deactivated and reactivated finds its weights still loaded.
+/// </summary>
+public sealed partial class ModelHost : IDisposable
+{
+    private readonly ModelHostOptions _options;
+    private readonly ILogger<ModelHost> _logger;
+    private readonly Lazy<IComputeBackend> _backend;
+    private readonly ConcurrentDictionary<ShardId, Lazy<Task<HostedShard>>> _shards = new();
+    private readonly ConcurrentDictionary<string, RunningWork> _work = new(StringComparer.Ordinal);
+    private int _loads;
+
+    public ModelHost(IOptions<ModelHostOptions> options, ILogger<ModelHost> logger)
+    {
+        _options = options.Value;
+        _logger = logger;
+        _backend = new Lazy<IComputeBackend>(() => ComputeBackends.Create(_options.Backend, _options.Threads));
+    }
+
+    public string BackendName => _options.Backend;
+
+    /// <summary>How many times weights were read from disk since the silo started.</summary>
+    public int ModelLoads => Volatile.Read(ref _loads);
+
+    public HostMemory GetMemory()
+    {
+        var modelBytes = LoadedShards().Sum(shard => shard.WeightBytes);
+        var total = _options.MemoryLimitBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        var available = _backend.Value.AvailableMemoryBytes;
+        if (_options.MemoryLimitBytes is { } limit)
+        {
+            available = Math.Min(available, Math.Max(0, limit - modelBytes));
+        }
+
+        return new HostMemory(total, available, modelBytes);
+    }
+
+    /// <summary>The folder a model reference names on this silo ("builtin" is written on first use).</summary>
+    public string ResolveModelDirectory(string model)
+    {
+        if (string.Equals(model, ModelHostOptions.BuiltInModelReference, StringComparison.OrdinalIgnoreCase)
+            || string.Equals(model, BuiltInModel.Name, StringComparison.Ordinal))
+        {
+            return BuiltInModel.EnsureCreated(TextWriter.Null);
+        }
+
+        return Path.GetFullPath(Path.IsPathRooted(model) ? model : Path.Combine(_options.ModelDirectory, model));
+    }
+
+    public ModelProbe Probe(string siloName, string model)
+    {
+        var available = GetMemory().AvailableBytes;
+        string directory = model;
+        try
+        {
+            directory = ResolveModelDirectory(model);
+            var configPath = Path.Combine(directory, ModelConfig.FileName);
+            if (!File.Exists(configPath))
+            {
+                return new ModelProbe(siloName, false, directory, 0, 0, 0, BackendName, available, $"{configPath} not found.");
+            }
+
+            var config = ModelConfig.Load(configPath);
+            var weightBytes = Directory.EnumerateFiles(directory, "*.safetensors").Sum(path => new FileInfo(path).Length);
+            // Memory already used by this very model is offered again: re-planning may keep the shard where it is.
+            var own = LoadedShards().Where(shard => shard.Assignment.Shard.Model == model).Sum(shard => shard.WeightBytes);
+            var required = (long)(weightBytes * (1 + _options.MemoryHeadroom));
+            return new ModelProbe(siloName, true, directory, config.LayerCount, weightBytes, required, BackendName, available + own, null);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ModelLoadException or ArgumentException)
+        {
+            return new ModelProbe(siloName, false, directory, 0, 0, 0, BackendName, available, e.Message);
+        }
+    }
+
+    /// <summary>Loads a shard once; concurrent and later calls for the same shard share that load.</summary>
+    public async Task<HostedShard> LoadAsync(ShardAssignment assignment, CancellationToken cancellationToken)
+    {
+        ValidateRunnable(assignment);
+        while (true)
+        {
+            var entry = _shards.GetOrAdd(assignment.Shard, _ => new Lazy<Task<HostedShard>>(() => Task.Run(() => LoadCore(assignment))));
+            HostedShard shard;
+            try
+            {
+                shard = await entry.Value.WaitAsync(cancellationToken);
+            }
+            catch (Exception) when (!cancellationToken.IsCancellationRequested)
+            {
+                // A failed load must not stick: the next attempt reads the files again.
+                _shards.TryRemove(new KeyValuePair<ShardId, Lazy<Task<HostedShard>>>(assignment.Shard, entry));
+                throw;
+            }
+
+            if (shard.Covers(assignment))
+            {
+                shard.Assignment = assignment;
+                return shard;
+            }
+
+            Unload(assignment.Shard);
+        }
+    }
+
+    public HostedShard? Find(ShardId shard) =>
+        _shards.TryGetValue(shard, out var entry) && entry.IsValueCreated && entry.Value.IsCompletedSuccessfully
+            ? entry.Value.Result
+            : null;
+
+    public bool Unload(ShardId shard)
+    {
+        if (!_shards.TryRemove(shard, out var entry))
+        {
+            return false;
+        }
+
+        if (entry.IsValueCreated && entry.Value.IsCompletedSuccessfully)
+        {
+            // Release waits for a running generation to finish; the caller (often a grain turn) must not.
+            var hosted = entry.Value.Result;
+            _ = Task.Run(hosted.Release);
+            LogUnloaded(_logger, shard.ToGrainKey());
+        }
+
+        return true;
+    }
+
+    public IReadOnlyList<HostedShard> LoadedShards() =>
+        [.. _shards.Values.Where(entry => entry.IsValueCreated && entry.Value.IsCompletedSuccessfully).Select(entry => entry.Value.Result)];
+
+    public IReadOnlyList<WorkItem> CurrentWork() =>
+        [.. _work.Values.Select(work => new WorkItem(work.JobId, work.Model, work.PromptTokens, work.GeneratedTokens, work.StartedAt))];
+
+    internal RunningWork BeginWork(string jobId, string model, int promptTokens)
+    {
+        var work = new RunningWork(jobId, model, promptTokens, DateTimeOffset.UtcNow, this);
+        _work[jobId] = work;
+        return work;
+    }
+
+    internal void EndWork(RunningWork work) => _work.TryRemove(new KeyValuePair<string, RunningWork>(work.JobId, work));
+
+    public void Dispose()
+    {
+        foreach (var shard in _shards.Keys)
+        {
+            Unload(shard);
+        }
+
+        if (_backend.IsValueCreated)
+        {
+            _backend.Value.Dispose();
+        }
+    }
+
+    /// <summary>The single-host engine runs whole models; layer ranges and tensor splits need the sharded engine.</summary>
+    private static void ValidateRunnable(ShardAssignment assignment)
+    {
+        if (assignment.PipelineStageCount != 1 || assignment.TensorGroupSize != 1 || assignment.FirstLayer != 0)
+        {
+            throw new NotSupportedException(
+                $"Shard {assignment.Shard} is one part of a split model (stage {assignment.PipelineStage + 1} of {assignment.PipelineStageCount}, " +
+                $"tensor rank {assignment.TensorRank} of {assignment.TensorGroupSize}); this silo runs whole models only.");
+        }
+    }
+
+    private HostedShard LoadCore(ShardAssignment assignment)
+    {
+        var directory = ResolveModelDirectory(assignment.Shard.Model);
+        LogLoading(_logger, assignment.Shard.ToGrainKey(), directory, BackendName);
+        var clock = Stopwatch.StartNew();
+        var loaded = ModelLoader.Load(directory, _backend.Value);
+        if (assignment.LayerCount != loaded.Model.Config.LayerCount)
+        {
+            loaded.Dispose();
+            throw new InvalidOperationException(
+                $"The plan gives shard {assignment.Shard} {assignment.LayerCount} layers but {directory} has {loaded.Model.Config.LayerCount}.");
+        }
+
+        Interlocked.Increment(ref _loads);
+        var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed);
+        LogLoaded(_logger, assignment.Shard.ToGrainKey(), shard.WeightBytes, clock.Elapsed.TotalSeconds);
+        return shard;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Loading shard {Shard} from {Directory} on the {Backend} backend")]
+    private static partial void LogLoading(ILogger logger, string shard, string directory, string backend);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Loaded shard {Shard}: {WeightBytes} bytes of weights in {Seconds:F2} s")]
+    private static partial void LogLoaded(ILogger logger, string shard, long weightBytes, double seconds);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Unloaded shard {Shard}")]
+    private static partial void LogUnloaded(ILogger logger, string shard);
+}
+
+/// <summary>A generation in progress on this silo, for status.</summary>
+internal sealed class RunningWork(string jobId, string model, int promptTokens, DateTimeOffset startedAt, ModelHost host) : IDisposable
+{
+    private int _generated;
+
+    public string JobId { get; } = jobId;
+
+    public string Model { get; } = model;
+
+    public int PromptTokens { get; } = promptTokens;
+
+    public DateTimeOffset StartedAt { get; } = startedAt;
+
+    public int GeneratedTokens => Volatile.Read(ref _generated);
+
+    public void CountToken() => Interlocked.Increment(ref _generated);
+
+    public void Dispose() => host.EndWork(this);
+}

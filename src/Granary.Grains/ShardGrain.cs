@@ -1,0 +1,77 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Granary.Abstractions;
+
+namespace Granary.Grains;
+
+/// <summary>A shard pinned to its silo; the weights it drives are held by that silo's <see cref="ModelHost"/>.</summary>
+[SiloPinnedPlacement]
+internal sealed class ShardGrain(ModelHost host) : Grain, IShardGrain
+{
+    private ShardId Id => ShardId.Parse(this.GetPrimaryKeyString());
+
+    public async Task<ShardStatus> LoadAsync(ShardAssignment assignment, CancellationToken cancellationToken)
+    {
+        if (assignment.Shard != Id)
+        {
+            throw new ArgumentException($"Assignment for shard {assignment.Shard} sent to shard {Id}.", nameof(assignment));
+        }
+
+        var shard = await host.LoadAsync(assignment, cancellationToken);
+        return shard.ToStatus();
+    }
+
+    public Task<int[]> EncodePromptAsync(Prompt prompt) => Task.FromResult(Hosted().Encode(prompt));
+
+    public async IAsyncEnumerable<TokenChunk> GenerateAsync(
+        ShardGenerationRequest request,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var shard = Hosted();
+        var chunks = Channel.CreateUnbounded<TokenChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var work = host.BeginWork(request.Job.JobId, Id.Model, request.PromptIds.Length + request.ProducedIds.Length);
+        // The engine computes synchronously; it gets its own thread so grain turns and the thread pool stay free.
+        var producer = Task.Factory.StartNew(
+            () =>
+            {
+                try
+                {
+                    shard.Generate(request, work, chunk => chunks.Writer.TryWrite(chunk), stop.Token);
+                    chunks.Writer.TryComplete();
+                }
+                catch (Exception e)
+                {
+                    chunks.Writer.TryComplete(e);
+                }
+                finally
+                {
+                    work.Dispose();
+                }
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+        try
+        {
+            await foreach (var chunk in chunks.Reader.ReadAllAsync(cancellationToken))
+            {
+                yield return chunk;
+            }
+        }
+        finally
+        {
+            // Stop the engine when the caller goes away early, and let it finish its token before the turn ends.
+            await stop.CancelAsync();
+            await producer;
+        }
+    }
+
+    public Task UnloadAsync()
+    {
+        host.Unload(Id);
+        return Task.CompletedTask;
+    }
+
+    private HostedShard Hosted() => host.Find(Id) ?? throw new ShardNotLoadedException(Id.ToGrainKey());
+}

@@ -1,0 +1,194 @@
+using System.Diagnostics;
+using Granary.Abstractions;
+using Granary.Client;
+using Granary.Models;
+using Granary.Models.BuiltIn;
+using Granary.Models.Generation;
+using Granary.Tensors;
+using Xunit.Abstractions;
+
+namespace Granary.Runtime.Tests;
+
+/// <summary>
+/// Two silo processes running the built-in model (big enough that a generation takes seconds). The client talks
+/// to alpha only, so its coordinator lives there; alpha offers less memory, so the plan puts the shard on beta,
+/// which the tests then cancel under or SIGKILL.
+/// </summary>
+public sealed class BuiltInModelCluster : IAsyncLifetime
+{
+    public const long AlphaMemoryLimit = 1L << 30;
+
+    private readonly int[] _ports = SiloProcess.FreePorts(4);
+
+    public string ClusterId { get; } = $"test-{Guid.NewGuid():N}";
+
+    public string Model { get; } = BuiltInModel.EnsureCreated(TextWriter.Null);
+
+    public SiloProcess Alpha { get; private set; } = null!;
+
+    public SiloProcess Beta { get; private set; } = null!;
+
+    public GranaryClient Client { get; private set; } = null!;
+
+    public async Task InitializeAsync()
+    {
+        Alpha = await SiloProcess.StartAsync("alpha", _ports[0], _ports[1], [.. Common, "--memory-limit", $"{AlphaMemoryLimit}"], TimeSpan.FromSeconds(90));
+        await StartBetaAsync();
+        Client = await GranaryClient.ConnectAsync(options =>
+        {
+            options.ClusterId = ClusterId;
+            options.Gateways = [Alpha.Gateway];
+        });
+    }
+
+    public async Task StartBetaAsync()
+    {
+        Beta?.Dispose();
+        Beta = await SiloProcess.StartAsync("beta", _ports[2], _ports[3], Common, TimeSpan.FromSeconds(90));
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (Client is not null)
+        {
+            await Client.DisposeAsync();
+        }
+
+        Beta?.Dispose();
+        Alpha?.Dispose();
+    }
+
+    public async Task<ClusterStatus> WaitForStatusAsync(Func<ClusterStatus, bool> condition, TimeSpan timeout)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            var status = await Client.StatusAsync();
+            if (condition(status))
+            {
+                return status;
+            }
+
+            if (clock.Elapsed > timeout)
+            {
+                throw new TimeoutException($"Status did not settle within {timeout}: {string.Join(", ", status.Silos.Select(s => $"{s.SiloName}={s.Status}"))}\n" +
+                    $"--- alpha\n{Alpha.Output}\n--- beta\n{Beta.Output}");
+            }
+
+            await Task.Delay(250);
+        }
+    }
+
+    private string[] Common => ["--cluster-id", ClusterId, "--membership", "localhost", "--primary-silo", $"127.0.0.1:{_ports[0]}"];
+}
+
+public sealed class FailoverTests(BuiltInModelCluster cluster, ITestOutputHelper output) : IClassFixture<BuiltInModelCluster>
+{
+    private const int MaxTokens = 32;
+
+    [Fact]
+    public async Task Killing_the_shards_silo_mid_answer_continues_the_stream_on_the_survivor_with_the_same_greedy_tokens()
+    {
+        var clock = Stopwatch.StartNew();
+        var promptIds = PromptIds();
+        var expected = GenerateInProcess(promptIds);
+        output.WriteLine($"{clock.Elapsed}: in-process reference done");
+        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        await cluster.Client.UnloadModelAsync(cluster.Model);
+        var plan = await cluster.Client.LoadModelAsync(cluster.Model);
+        Assert.Equal("beta", plan.Leader.Shard.SiloName);
+        output.WriteLine($"{clock.Elapsed}: loaded on beta");
+
+        var tokens = new List<int>();
+        GenerationSummary? summary = null;
+        var killedAfter = -1;
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        await foreach (var chunk in cluster.Client.StreamAsync(cluster.Model, Job(promptIds), deadline.Token))
+        {
+            if (chunk.HasToken)
+            {
+                tokens.Add(chunk.TokenId);
+            }
+
+            summary = chunk.Summary ?? summary;
+            if (killedAfter < 0 && tokens.Count >= 4)
+            {
+                killedAfter = tokens.Count;
+                cluster.Beta.Kill();
+                output.WriteLine($"{clock.Elapsed}: killed beta after {killedAfter} tokens");
+            }
+        }
+
+        output.WriteLine($"{clock.Elapsed}: stream finished");
+        Assert.True(killedAfter > 0 && killedAfter < MaxTokens, $"beta was killed after {killedAfter} tokens");
+        Assert.NotNull(summary);
+        Assert.Equal(1, summary.Failovers);
+        Assert.Equal(expected, tokens);
+        Assert.Equal((promptIds.Length, MaxTokens), (summary.PromptTokens, summary.GeneratedTokens));
+
+        var afterKill = await cluster.WaitForStatusAsync(status => status.Silos.Single(silo => silo.SiloName == "beta").Status == "Dead", TimeSpan.FromSeconds(30));
+        Assert.Equal("alpha", Assert.Single(afterKill.Models).Leader.Shard.SiloName);
+
+        output.WriteLine($"{clock.Elapsed}: beta declared dead");
+
+        // A silo that comes back is used by the next plan.
+        await cluster.StartBetaAsync();
+        output.WriteLine($"{clock.Elapsed}: beta restarted");
+        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        await cluster.Client.UnloadModelAsync(cluster.Model);
+        var replanned = await cluster.Client.LoadModelAsync(cluster.Model);
+        Assert.Equal("beta", replanned.Leader.Shard.SiloName);
+        var again = await cluster.Client.GenerateAsync(cluster.Model, Job(promptIds) with { MaxTokens = 16 });
+        Assert.Equal(expected[..16], again.Tokens);
+        output.WriteLine($"{clock.Elapsed}: generated on the returned beta");
+    }
+
+    [Fact]
+    public async Task Cancelling_a_stream_stops_the_generation_on_its_silo()
+    {
+        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        using var cancel = new CancellationTokenSource();
+        var received = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var chunk in cluster.Client.StreamAsync(cluster.Model, Job(PromptIds()) with { MaxTokens = 2000 }, cancel.Token))
+            {
+                if (chunk.HasToken && ++received == 3)
+                {
+                    await cancel.CancelAsync();
+                }
+            }
+        });
+        Assert.Equal(3, received);
+        await cluster.WaitForStatusAsync(status => status.Silos.All(silo => silo.Host is null || silo.Host.Work.Length == 0), TimeSpan.FromSeconds(20));
+    }
+
+    private static GenerationJob Job(int[] promptIds) => new()
+    {
+        Prompt = Abstractions.Prompt.FromTokenIds(promptIds),
+        MaxTokens = MaxTokens,
+        Sampling = SamplingSettings.Greedy,
+        StopAtEndOfSequence = false,
+    };
+
+    private int[] PromptIds()
+    {
+        using var backend = ComputeBackends.Create("cpu", threads: 1);
+        using var loaded = ModelLoader.Load(cluster.Model, backend);
+        return [.. loaded.Tokenizer!.Encode("Tell me about the harvest.", addSpecialTokens: true)];
+    }
+
+    private int[] GenerateInProcess(int[] promptIds)
+    {
+        using var backend = ComputeBackends.Create("cpu", threads: 1);
+        using var loaded = ModelLoader.Load(cluster.Model, backend);
+        var request = new GenerationRequest
+        {
+            PromptIds = promptIds,
+            MaxTokens = MaxTokens,
+            Sampling = SamplingOptions.Greedy,
+            StopAtEndOfSequence = false,
+        };
+        return [.. new TextGenerator(loaded.Model, loaded.Tokenizer).Generate(request).Where(token => token.HasToken).Select(token => token.Id)];
+    }
+}
