@@ -27,6 +27,9 @@ public sealed partial class HuggingFaceTokenizer : ITextTokenizer
 
     public bool HasChatTemplate => _chatFormat is not null;
 
+    /// <summary>The BPE stage, for tests that compare its two merge paths.</summary>
+    internal BytePairEncoder BytePairEncoder => _bytePairEncoder;
+
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = false)
     {
         ArgumentNullException.ThrowIfNull(text);

@@ -125,6 +125,31 @@ public sealed class HuggingFaceTokenizerReferenceTests
     }
 
     [TokenizerFact]
+    public void IgnoreMergesTakesAWholePieceThatIsInTheVocabulary()
+    {
+        // Llama-3's merges split these vocabulary entries (e.g. " jeho" into 503, 2701, 78); ignore_merges keeps them whole.
+        Assert.Equal([101503], TokenizerFiles.Llama3.Encode(" jeho"));
+        Assert.Equal([101798], TokenizerFiles.Llama3.Encode(" Vi\u1EC7t"));
+    }
+
+    [TokenizerTheory]
+    [InlineData("qwen3")]
+    [InlineData("llama3")]
+    public void LongPiecesMergeAsMicrosoftMLTokenizersDoes(string tokenizer)
+    {
+        // Pieces too long for the library's quadratic merging take our own loop, which must give the same ids.
+        var encoder = TokenizerFiles.ByName(tokenizer).BytePairEncoder;
+        var random = new Random(7);
+        string RandomLetters(int count, char first, int range) =>
+            string.Concat(Enumerable.Range(0, count).Select(_ => (char)(first + random.Next(range))));
+
+        foreach (var piece in new[] { new string('q', 5000), RandomLetters(5000, 'a', 26), " " + RandomLetters(2000, '\u4E00', 3000), RandomLetters(3000, '\u0430', 32) })
+        {
+            Assert.Equal(encoder.MergeWithLibrary(piece), encoder.MergeLongPiece(piece));
+        }
+    }
+
+    [TokenizerFact]
     public void HundredKilobytesEncodeQuickly()
     {
         var text = new StringBuilder();
