@@ -1,0 +1,234 @@
+using Granary.Tensors;
+
+namespace Granary.Training;
+
+/// <summary>
+/// A linear layer y = x W^T + b (+ scale * dropout(x) A^T B^T) in training. W is either a frozen model weight
+/// (read as f32 on each use; bf16 and MLX-quantized weights are converted on the fly) or a trainable f32 parameter.
+/// </summary>
+public sealed unsafe class TrainableLinear
+{
+    private readonly LinearWeight? _frozen;
+
+    internal TrainableLinear(string name, LinearWeight weight, bool trainBase)
+    {
+        Name = name;
+        InFeatures = weight.InFeatures;
+        OutFeatures = weight.OutFeatures;
+        if (trainBase)
+        {
+            Weight = new Parameter(name + ".weight", FrozenWeights.ToArray(weight), [OutFeatures, InFeatures], trainable: true);
+        }
+        else
+        {
+            _frozen = weight;
+        }
+
+        if (FrozenWeights.BiasToArray(weight) is { } bias)
+        {
+            Bias = new Parameter(name + ".bias", bias, [OutFeatures], trainBase);
+        }
+    }
+
+    /// <summary>A layer over an existing trainable weight [out, in] (the output head tied to the embedding).</summary>
+    internal TrainableLinear(string name, Parameter weight)
+    {
+        Name = name;
+        OutFeatures = weight.Shape[0];
+        InFeatures = weight.Shape[1];
+        Weight = weight;
+    }
+
+    /// <summary>Module path, e.g. "model.layers.0.self_attn.q_proj".</summary>
+    public string Name { get; }
+
+    public int InFeatures { get; }
+
+    public int OutFeatures { get; }
+
+    /// <summary>The base weight when it is trained (full fine-tuning); null while it is frozen.</summary>
+    public Parameter? Weight { get; }
+
+    public Parameter? Bias { get; }
+
+    public LoraAdapter? Lora { get; private set; }
+
+    internal void AttachLora(LoraAdapter adapter) => Lora = adapter;
+
+    public IEnumerable<Parameter> Parameters()
+    {
+        if (Weight is not null)
+        {
+            yield return Weight;
+        }
+
+        if (Bias is not null)
+        {
+            yield return Bias;
+        }
+
+        if (Lora is not null)
+        {
+            yield return Lora.A;
+            yield return Lora.B;
+        }
+    }
+
+    internal float[] Forward(float[] input, int rows, TrainingContext context, out LinearTape tape)
+    {
+        var output = new float[rows * OutFeatures];
+        fixed (float* x = input, y = output)
+        {
+            using (var w = OpenWeight())
+            {
+                MatrixMath.MultiplyTransposed(x, w.Pointer, y, rows, OutFeatures, InFeatures);
+            }
+
+            if (Bias is not null)
+            {
+                for (var r = 0; r < rows; r++)
+                {
+                    System.Numerics.Tensors.TensorPrimitives.Add(output.AsSpan(r * OutFeatures, OutFeatures), Bias.Value, output.AsSpan(r * OutFeatures, OutFeatures));
+                }
+            }
+        }
+
+        float[]? dropped = null;
+        float[]? projected = null;
+        bool[]? kept = null;
+        if (Lora is { } lora)
+        {
+            dropped = lora.Dropout > 0 && context.IsTraining ? context.Dropout(input, lora.Dropout, Name, out kept) : input;
+            projected = new float[rows * lora.Rank];
+            var bScaled = new float[rows * lora.Rank];
+            fixed (float* xd = dropped, xa = projected, xs = bScaled, a = lora.A.Value, b = lora.B.Value, y = output)
+            {
+                MatrixMath.MultiplyTransposed(xd, a, xa, rows, lora.Rank, InFeatures);
+                System.Numerics.Tensors.TensorPrimitives.Multiply(projected, lora.Scale, bScaled);
+                MatrixMath.MultiplyTransposed(xs, b, y, rows, OutFeatures, lora.Rank, accumulate: true);
+            }
+        }
+
+        tape = new LinearTape(input, rows, dropped, projected, kept);
+        return output;
+    }
+
+    /// <summary>Accumulates parameter gradients; returns dL/dx when <paramref name="needInputGradient"/>.</summary>
+    internal float[]? Backward(in LinearTape tape, float[] outputGradient, bool needInputGradient)
+    {
+        var rows = tape.Rows;
+        float[]? inputGradient = needInputGradient ? new float[rows * InFeatures] : null;
+        fixed (float* dy = outputGradient, x = tape.Input)
+        {
+            if (Weight is not null)
+            {
+                fixed (float* dw = Weight.Gradient)
+                {
+                    MatrixMath.AccumulateTransposedLeft(dy, x, dw, OutFeatures, InFeatures, rows);
+                }
+            }
+
+            if (Bias?.Gradient is { } biasGradient)
+            {
+                for (var r = 0; r < rows; r++)
+                {
+                    System.Numerics.Tensors.TensorPrimitives.Add(biasGradient, outputGradient.AsSpan(r * OutFeatures, OutFeatures), biasGradient);
+                }
+            }
+
+            if (inputGradient is not null)
+            {
+                fixed (float* dx = inputGradient)
+                {
+                    using var w = OpenWeight();
+                    MatrixMath.Multiply(dy, w.Pointer, dx, rows, InFeatures, OutFeatures);
+                }
+            }
+
+            if (Lora is { } lora)
+            {
+                // d(xa) = scale * dy B; dB += scale * dy^T xa; dA += d(xa)^T dropout(x); dx += dropout'(d(xa) A).
+                var rank = lora.Rank;
+                var projectedGradient = new float[rows * rank];
+                var projectedScaled = new float[rows * rank];
+                System.Numerics.Tensors.TensorPrimitives.Multiply(tape.Projected!, lora.Scale, projectedScaled);
+                fixed (float* b = lora.B.Value, db = lora.B.Gradient, a = lora.A.Value, da = lora.A.Gradient,
+                       xa = projectedScaled, dxa = projectedGradient, xd = tape.Dropped)
+                {
+                    MatrixMath.Multiply(dy, b, dxa, rows, rank, OutFeatures);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(projectedGradient, lora.Scale, projectedGradient);
+                    MatrixMath.AccumulateTransposedLeft(dy, xa, db, OutFeatures, rank, rows);
+                    MatrixMath.AccumulateTransposedLeft(dxa, xd, da, rank, InFeatures, rows);
+                    if (inputGradient is not null)
+                    {
+                        if (tape.Kept is null)
+                        {
+                            fixed (float* dx = inputGradient)
+                            {
+                                MatrixMath.Multiply(dxa, a, dx, rows, InFeatures, rank, accumulate: true);
+                            }
+                        }
+                        else
+                        {
+                            var loraInputGradient = new float[rows * InFeatures];
+                            fixed (float* dl = loraInputGradient)
+                            {
+                                MatrixMath.Multiply(dxa, a, dl, rows, InFeatures, rank);
+                            }
+
+                            // Dropout passed x_i / (1 - p) where kept, 0 elsewhere; its gradient is that factor.
+                            var keepScale = 1 / (1 - lora.Dropout);
+                            for (var i = 0; i < inputGradient.Length; i++)
+                            {
+                                if (tape.Kept[i])
+                                {
+                                    inputGradient[i] += loraInputGradient[i] * keepScale;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        return inputGradient;
+    }
+
+    /// <summary>The weight the forward uses, as f32 (W, without the adapter).</summary>
+    internal FrozenWeights.View OpenWeight()
+    {
+        if (Weight is not null)
+        {
+            var pin = System.Runtime.InteropServices.GCHandle.Alloc(Weight.Value, System.Runtime.InteropServices.GCHandleType.Pinned);
+            return FrozenWeights.View.Pinned(pin);
+        }
+
+        return FrozenWeights.Open(_frozen!);
+    }
+}
+
+/// <summary>What a linear layer's backward needs from its forward.</summary>
+internal readonly record struct LinearTape(float[] Input, int Rows, float[]? Dropped, float[]? Projected, bool[]? Kept);
+
+/// <summary>The adapter of one linear: A [rank, in], B [out, rank] (peft's layout; mlx_lm stores the transposes).</summary>
+public sealed class LoraAdapter
+{
+    internal LoraAdapter(string module, int inFeatures, int outFeatures, int rank, float scale, float dropout)
+    {
+        Rank = rank;
+        Scale = scale;
+        Dropout = dropout;
+        A = new Parameter(module + ".lora_a", new float[rank * inFeatures], [rank, inFeatures], trainable: true);
+        B = new Parameter(module + ".lora_b", new float[outFeatures * rank], [outFeatures, rank], trainable: true);
+    }
+
+    public int Rank { get; }
+
+    public float Scale { get; }
+
+    public float Dropout { get; }
+
+    public Parameter A { get; }
+
+    public Parameter B { get; }
+}

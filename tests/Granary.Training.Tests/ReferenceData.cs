@@ -1,0 +1,105 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Granary.Models;
+using Granary.Models.Safetensors;
+using Granary.Tensors;
+using Granary.Tensors.Cpu;
+
+namespace Granary.Training.Tests;
+
+/// <summary>The transformers + peft numbers of tests/reference/training for one tiny model.</summary>
+internal sealed class ReferenceData : IDisposable
+{
+    private readonly SafetensorsFile _tensors;
+
+    private ReferenceData(string name, JsonElement summary, SafetensorsFile tensors)
+    {
+        Name = name;
+        Summary = summary;
+        _tensors = tensors;
+    }
+
+    public static string ModelsRoot => Path.Combine(AppContext.BaseDirectory, "reference", "models");
+
+    public static string Root => Path.Combine(AppContext.BaseDirectory, "reference", "training");
+
+    public string Name { get; }
+
+    public JsonElement Summary { get; }
+
+    public double Loss => Summary.GetProperty("loss").GetDouble();
+
+    public static ReferenceData Load(string name)
+    {
+        var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(Root, name + ".json"))).RootElement.Clone();
+        return new ReferenceData(name, summary, SafetensorsFile.Open(Path.Combine(Root, name + ".safetensors")));
+    }
+
+    public static LoadedModel LoadModel(string name) => ModelLoader.Load(Path.Combine(ModelsRoot, name), new CpuBackend(2));
+
+    public TokenBatch Batch()
+    {
+        var ids = Summary.GetProperty("input_ids").EnumerateArray().Select(r => r.EnumerateArray().Select(v => v.GetInt32()).ToArray()).ToArray();
+        var labels = Summary.GetProperty("labels").EnumerateArray().Select(r => r.EnumerateArray().Select(v => v.GetInt32()).ToArray()).ToArray();
+        return new TokenBatch(ids.Length, ids[0].Length, [.. ids.SelectMany(r => r)], [.. labels.SelectMany(r => r)]);
+    }
+
+    public FineTuneOptions LoraOptions()
+    {
+        var lora = Summary.GetProperty("lora");
+        return new FineTuneOptions
+        {
+            Type = FineTuneType.Lora,
+            Lora = new LoraOptions
+            {
+                Rank = lora.GetProperty("rank").GetInt32(),
+                Scale = Training.LoraOptions.FromAlpha((float)lora.GetProperty("alpha").GetDouble(), lora.GetProperty("rank").GetInt32()),
+                Keys = [.. lora.GetProperty("target_modules").EnumerateArray().Select(k => KeyOf(k.GetString()!))],
+            },
+        };
+    }
+
+    public IReadOnlyList<string> Modules => [.. Summary.GetProperty("lora").GetProperty("modules").EnumerateArray().Select(m => m.GetString()!)];
+
+    public bool Has(string name) => _tensors.Contains(name);
+
+    public float[] Tensor(string name)
+    {
+        return MemoryMarshal.Cast<byte, float>(_tensors.GetBytes(name)).ToArray();
+    }
+
+    /// <summary>Sets every adapter to the reference's initial A and B.</summary>
+    public void SetInitialAdapters(TrainingModel model)
+    {
+        var adapted = model.AdaptedLinears;
+        Assert.Equal(Modules.Order(StringComparer.Ordinal), adapted.Keys.Order(StringComparer.Ordinal));
+        foreach (var module in Modules)
+        {
+            var lora = adapted[module].Lora!;
+            Tensor($"lora_init/{module}.lora_A").CopyTo(lora.A.Value, 0);
+            Tensor($"lora_init/{module}.lora_B").CopyTo(lora.B.Value, 0);
+        }
+    }
+
+    public void Dispose() => _tensors.Dispose();
+
+    private static string KeyOf(string peftTarget) =>
+        peftTarget is "q_proj" or "k_proj" or "v_proj" or "o_proj" ? "self_attn." + peftTarget : "mlp." + peftTarget;
+}
+
+internal static class Norms
+{
+    /// <summary>||actual - expected|| / ||expected||.</summary>
+    public static double RelativeError(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double difference = 0, reference = 0;
+        for (var i = 0; i < actual.Length; i++)
+        {
+            difference += Math.Pow(actual[i] - (double)expected[i], 2);
+            reference += (double)expected[i] * expected[i];
+        }
+
+        return Math.Sqrt(difference / Math.Max(reference, 1e-300));
+    }
+}
