@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Granary.Collectives;
 using Granary.Models.Generation;
 using Granary.Models.Tokenization;
 
@@ -7,7 +8,7 @@ namespace Granary.Cli.Commands;
 /// <summary>`granary generate`: one completion for a prompt, streamed to stdout.</summary>
 internal static class GenerateCommand
 {
-    public const string Summary = "generate text for a prompt (--prompt TEXT or --prompt-ids 1,2,3)";
+    public const string Summary = "generate text for a prompt (--prompt TEXT or --prompt-ids 1,2,3); under `granary launch`, one rank of a sharded model (--pipeline)";
 
     public static Task<int> RunAsync(string[] args)
     {
@@ -23,8 +24,13 @@ internal static class GenerateCommand
         }
 
         var json = arguments.Has("--json");
-        var progress = Console.Error;
-        using var loaded = EngineOptions.LoadModel(arguments, progress);
+
+        // Under `granary launch` every rank runs this command on its share of the model; only rank 0 prints.
+        using var world = CollectiveOptions.FromEnvironment() is null ? null : Group.Init();
+        var printing = world is not { Rank: > 0 };
+        var progress = printing ? Console.Error : TextWriter.Null;
+        var output = printing ? Console.Out : TextWriter.Null;
+        using var loaded = EngineOptions.LoadModel(arguments, progress, world);
         var tokenizer = loaded.Tokenizer;
         if (promptIds is null)
         {
@@ -40,7 +46,7 @@ internal static class GenerateCommand
         {
             PromptIds = promptIds,
             MaxTokens = arguments.GetInt("--max-tokens", 256),
-            Sampling = EngineOptions.Sampling(arguments, loaded.Generation),
+            Sampling = EngineOptions.Sampling(arguments, loaded.Generation, world),
             StopStrings = arguments.GetAll("--stop"),
             StopAtEndOfSequence = !arguments.Has("--no-eos"),
         };
@@ -57,17 +63,17 @@ internal static class GenerateCommand
             }
 
             text.Append(token.Text);
-            Console.Out.Write(token.Text);
-            Console.Out.Flush();
+            output.Write(token.Text);
+            output.Flush();
         }
 
-        Console.Out.WriteLine();
+        output.WriteLine();
         progress.WriteLine(
             $"Prompt: {statistics.PromptTokens} tokens, {statistics.PromptTokensPerSecond:F1} tokens/s; " +
             $"Generation: {statistics.GeneratedTokens} tokens, {statistics.GenerationTokensPerSecond:F1} tokens/s");
         if (json)
         {
-            Console.Out.WriteLine(JsonSerializer.Serialize(new GenerateResult(
+            output.WriteLine(JsonSerializer.Serialize(new GenerateResult(
                 tokens,
                 text.ToString(),
                 statistics.PromptTokens,

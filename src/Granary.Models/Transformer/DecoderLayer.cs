@@ -1,4 +1,5 @@
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models.Transformer;
@@ -7,11 +8,13 @@ namespace Granary.Models.Transformer;
 public sealed class DecoderLayer : IDisposable
 {
     private readonly float _epsilon;
+    private readonly ModelPartition _partition;
 
-    internal DecoderLayer(int index, float epsilon, Tensor inputNorm, SelfAttention attention, Tensor postAttentionNorm, FeedForward feedForward)
+    internal DecoderLayer(int index, float epsilon, ModelPartition partition, Tensor inputNorm, SelfAttention attention, Tensor postAttentionNorm, FeedForward feedForward)
     {
         Index = index;
         _epsilon = epsilon;
+        _partition = partition;
         InputNorm = inputNorm;
         Attention = attention;
         PostAttentionNorm = postAttentionNorm;
@@ -31,19 +34,25 @@ public sealed class DecoderLayer : IDisposable
     public long WeightBytesPerToken =>
         InputNorm.ByteLength + Attention.WeightBytes + PostAttentionNorm.ByteLength + FeedForward.WeightBytesPerToken;
 
-    internal static DecoderLayer Load(WeightLoader weights, ModelConfig config, int index)
+    /// <summary>Bytes of weights this rank holds for the layer.</summary>
+    public long WeightBytesHeld =>
+        InputNorm.ByteLength + Attention.WeightBytes + PostAttentionNorm.ByteLength + FeedForward.WeightBytesHeld;
+
+    internal static DecoderLayer Load(WeightLoader weights, ModelConfig config, int index, ModelPartition partition)
     {
         var prefix = $"model.layers.{index}.";
         var loaded = new List<IDisposable>();
         try
         {
             var inputNorm = loaded.Keep(weights.Vector(prefix + "input_layernorm.weight", config.HiddenSize));
-            var attention = loaded.Keep(SelfAttention.Load(weights, config, prefix + "self_attn."));
+            var attention = loaded.Keep(SelfAttention.Load(weights, config, prefix + "self_attn.", partition));
             var postNorm = loaded.Keep(weights.Vector(prefix + "post_attention_layernorm.weight", config.HiddenSize));
             FeedForward feedForward = config.MixtureOfExperts is { } moe && moe.IsSparseLayer(index)
-                ? MixtureOfExpertsFeedForward.Load(weights, moe, prefix + "mlp.", config.HiddenSize)
-                : DenseFeedForward.Load(weights, prefix + "mlp.", config.HiddenSize, config.IntermediateSize, config.MlpBias);
-            return new DecoderLayer(index, config.RmsNormEpsilon, inputNorm, attention, postNorm, feedForward);
+                ? MixtureOfExpertsFeedForward.Load(weights, moe, prefix + "mlp.", config.HiddenSize, partition.Experts)
+                : DenseFeedForward.Load(
+                    weights, prefix + "mlp.", config.HiddenSize, config.IntermediateSize, config.MlpBias,
+                    partition.TensorSize == 1 ? null : partition.Intermediate, keepDownBias: partition.TensorRank == 0);
+            return new DecoderLayer(index, config.RmsNormEpsilon, partition, inputNorm, attention, postNorm, feedForward);
         }
         catch
         {
@@ -52,16 +61,21 @@ public sealed class DecoderLayer : IDisposable
         }
     }
 
-    /// <summary>Reads the residual stream from hidden[current] and leaves it there again (via hidden[1 - current]).</summary>
+    /// <summary>
+    /// Reads the residual stream from hidden[current] and leaves it there again (via hidden[1 - current]). Under tensor
+    /// parallelism attention and MLP each leave a partial sum: two all-sums per layer make it whole on every rank.
+    /// </summary>
     internal void Forward(IComputeBackend backend, ForwardScratch.StepTensors step, ref int current, KvCache cache, Tensor positions)
     {
         backend.RmsNorm(step.Hidden[current], InputNorm, _epsilon, step.Normed);
         Attention.Forward(backend, step.Normed, step, cache, Index, positions, step.Projected);
+        _partition.AllSum(step.Projected);
         backend.Add(step.Hidden[current], step.Projected, step.Hidden[1 - current]);
         current = 1 - current;
 
         backend.RmsNorm(step.Hidden[current], PostAttentionNorm, _epsilon, step.Normed);
         FeedForward.Forward(backend, step.Normed, step, step.Projected);
+        _partition.AllSum(step.Projected);
         backend.Add(step.Hidden[current], step.Projected, step.Hidden[1 - current]);
         current = 1 - current;
     }

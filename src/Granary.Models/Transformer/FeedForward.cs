@@ -1,4 +1,5 @@
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models.Transformer;
@@ -8,6 +9,9 @@ public abstract class FeedForward : IDisposable
 {
     /// <summary>Bytes of weights one token reads (only its routed experts for a mixture).</summary>
     public abstract long WeightBytesPerToken { get; }
+
+    /// <summary>Bytes of weights this rank holds (every held expert of a mixture).</summary>
+    public abstract long WeightBytesHeld { get; }
 
     internal abstract void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, Tensor output);
 
@@ -32,14 +36,24 @@ public sealed class DenseFeedForward : FeedForward
 
     public override long WeightBytesPerToken => Gate.WeightBytes + Up.WeightBytes + Down.WeightBytes;
 
-    internal static DenseFeedForward Load(WeightLoader weights, string prefix, int hidden, int intermediate, bool bias)
+    public override long WeightBytesHeld => WeightBytesPerToken;
+
+    /// <summary>
+    /// Loads the MLP, or under tensor parallelism the <paramref name="features"/> of it this rank computes: gate and up
+    /// split by output features, down by input features with its bias kept by one rank (<paramref name="keepDownBias"/>).
+    /// </summary>
+    internal static DenseFeedForward Load(
+        WeightLoader weights, string prefix, int hidden, int intermediate, bool bias, ShardRange? features = null, bool keepDownBias = true)
     {
+        var (inputSlice, outputSlice) = features is { } range
+            ? (LinearSlice.Outputs(range), LinearSlice.Inputs(range, keepDownBias))
+            : (LinearSlice.Whole, LinearSlice.Whole);
         var loaded = new List<IDisposable>();
         try
         {
-            var gate = loaded.Keep(weights.Linear(prefix + "gate_proj", intermediate, hidden, bias));
-            var up = loaded.Keep(weights.Linear(prefix + "up_proj", intermediate, hidden, bias));
-            var down = loaded.Keep(weights.Linear(prefix + "down_proj", hidden, intermediate, bias));
+            var gate = loaded.Keep(weights.Linear(prefix + "gate_proj", intermediate, hidden, bias, inputSlice));
+            var up = loaded.Keep(weights.Linear(prefix + "up_proj", intermediate, hidden, bias, inputSlice));
+            var down = loaded.Keep(weights.Linear(prefix + "down_proj", hidden, intermediate, bias, outputSlice));
             return new DenseFeedForward(gate, up, down);
         }
         catch
@@ -73,21 +87,16 @@ public sealed class MixtureOfExpertsFeedForward : FeedForward
 {
     private readonly MixtureOfExpertsConfig _config;
 
-    // Stacked expert tensors (mlx-lm "switch_mlp" layout) that the expert weights are views of.
-    private readonly IReadOnlyList<IDisposable> _stackedStorage;
-
-    internal MixtureOfExpertsFeedForward(
-        MixtureOfExpertsConfig config, LinearWeight router, IReadOnlyList<ExpertWeights?> experts, IReadOnlyList<IDisposable> stackedStorage)
+    internal MixtureOfExpertsFeedForward(MixtureOfExpertsConfig config, LinearWeight router, IReadOnlyList<ExpertWeights?> experts)
     {
         _config = config;
-        _stackedStorage = stackedStorage;
         Router = router;
         Experts = experts;
     }
 
     public LinearWeight Router { get; }
 
-    /// <summary>One entry per expert; null for an expert this process does not hold.</summary>
+    /// <summary>One entry per expert; null for an expert this rank does not hold.</summary>
     public IReadOnlyList<ExpertWeights?> Experts { get; }
 
     public override long WeightBytesPerToken
@@ -97,40 +106,49 @@ public sealed class MixtureOfExpertsFeedForward : FeedForward
             var held = Experts.OfType<ExpertWeights>().ToArray();
             var perExpert = held.Length == 0 ? 0
                 : held.Sum(e => e.Gate.WeightBytes + e.Up.WeightBytes + e.Down.WeightBytes) / held.Length;
-            return Router.WeightBytes + (perExpert * _config.ExpertsPerToken);
+            // A rank holding a share of the experts runs, on average, that share of the routed ones.
+            return Router.WeightBytes + (perExpert * _config.ExpertsPerToken * held.Length / Experts.Count);
         }
     }
 
-    internal static MixtureOfExpertsFeedForward Load(WeightLoader weights, MixtureOfExpertsConfig config, string prefix, int hidden)
+    public override long WeightBytesHeld =>
+        Router.WeightBytes + Experts.OfType<ExpertWeights>().Sum(e => e.Gate.WeightBytes + e.Up.WeightBytes + e.Down.WeightBytes);
+
+    /// <summary>
+    /// Loads the router and the experts in <paramref name="held"/> (all of them without tensor parallelism); the other
+    /// experts stay null and are neither mapped nor read.
+    /// </summary>
+    internal static MixtureOfExpertsFeedForward Load(WeightLoader weights, MixtureOfExpertsConfig config, string prefix, int hidden, ShardRange held)
     {
         var loaded = new List<IDisposable>();
         try
         {
             var router = loaded.Keep(weights.Linear(prefix + "gate", config.ExpertCount, hidden, hasBias: false));
             var experts = new ExpertWeights?[config.ExpertCount];
-            var stacked = new List<IDisposable>();
+            var (count, inner) = (config.ExpertCount, config.ExpertIntermediateSize);
             if (weights.Contains(prefix + "switch_mlp.gate_proj.weight"))
             {
-                var (count, inner) = (config.ExpertCount, config.ExpertIntermediateSize);
-                loaded.Add(new StackedStorage(stacked));
-                var gates = weights.StackedLinear(prefix + "switch_mlp.gate_proj", count, inner, hidden, stacked);
-                var ups = weights.StackedLinear(prefix + "switch_mlp.up_proj", count, inner, hidden, stacked);
-                var downs = weights.StackedLinear(prefix + "switch_mlp.down_proj", count, hidden, inner, stacked);
-                for (var e = 0; e < experts.Length; e++)
+                var gates = weights.StackedLinear(prefix + "switch_mlp.gate_proj", count, inner, hidden, held);
+                loaded.AddRange(gates.OfType<LinearWeight>());
+                var ups = weights.StackedLinear(prefix + "switch_mlp.up_proj", count, inner, hidden, held);
+                loaded.AddRange(ups.OfType<LinearWeight>());
+                var downs = weights.StackedLinear(prefix + "switch_mlp.down_proj", count, hidden, inner, held);
+                loaded.AddRange(downs.OfType<LinearWeight>());
+                for (var e = held.Start; e < held.End; e++)
                 {
-                    experts[e] = new ExpertWeights(gates[e], ups[e], downs[e]);
+                    experts[e] = new ExpertWeights(gates[e]!, ups[e]!, downs[e]!);
                 }
             }
             else
             {
-                for (var e = 0; e < experts.Length; e++)
+                for (var e = held.Start; e < held.End; e++)
                 {
-                    var expert = loaded.Keep(DenseFeedForward.Load(weights, $"{prefix}experts.{e}.", hidden, config.ExpertIntermediateSize, bias: false));
+                    var expert = loaded.Keep(DenseFeedForward.Load(weights, $"{prefix}experts.{e}.", hidden, inner, bias: false));
                     experts[e] = new ExpertWeights(expert.Gate, expert.Up, expert.Down);
                 }
             }
 
-            return new MixtureOfExpertsFeedForward(config, router, experts, stacked);
+            return new MixtureOfExpertsFeedForward(config, router, experts);
         }
         catch
         {
@@ -155,16 +173,5 @@ public sealed class MixtureOfExpertsFeedForward : FeedForward
             expert?.Up.Dispose();
             expert?.Down.Dispose();
         }
-
-        foreach (var storage in _stackedStorage)
-        {
-            storage.Dispose();
-        }
-    }
-
-    // Disposes the stacked tensors loaded so far when loading fails part-way.
-    private sealed class StackedStorage(List<IDisposable> items) : IDisposable
-    {
-        public void Dispose() => items.ForEach(d => d.Dispose());
     }
 }

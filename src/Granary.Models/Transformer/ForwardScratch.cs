@@ -1,4 +1,5 @@
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models.Transformer;
@@ -13,6 +14,7 @@ internal sealed class ForwardScratch : IDisposable
     private const int MaxCachedViewSets = 8;
 
     private readonly ModelConfig _config;
+    private readonly ModelPartition _partition;
     private readonly Tensor[] _hidden;
     private readonly Tensor _normed;
     private readonly Tensor _query;
@@ -30,13 +32,16 @@ internal sealed class ForwardScratch : IDisposable
     private readonly Tensor? _expertWeights;
     private readonly Dictionary<int, StepTensors> _views = [];
 
-    public ForwardScratch(IComputeBackend backend, ModelConfig config, int rows)
+    /// <summary>Buffers sized for this rank's share of each layer (its heads, MLP features and vocabulary run).</summary>
+    public ForwardScratch(IComputeBackend backend, ModelConfig config, ModelPartition partition, int rows)
     {
         _config = config;
+        _partition = partition;
         Rows = rows;
         var dtype = backend.ActivationDType;
-        var queryWidth = config.AttentionHeadCount * config.HeadDim;
-        var keyValueWidth = config.KeyValueHeadCount * config.HeadDim;
+        var queryWidth = partition.Heads.Count * config.HeadDim;
+        var keyValueWidth = partition.KeyValueHeadCount * config.HeadDim;
+        var intermediate = partition.TensorSize == 1 ? config.IntermediateSize : partition.Intermediate.Count;
         _hidden = [backend.Allocate(dtype, rows, config.HiddenSize), backend.Allocate(dtype, rows, config.HiddenSize)];
         _normed = backend.Allocate(dtype, rows, config.HiddenSize);
         _query = backend.Allocate(dtype, rows, queryWidth);
@@ -50,9 +55,9 @@ internal sealed class ForwardScratch : IDisposable
 
         _attention = backend.Allocate(dtype, rows, queryWidth);
         _projected = backend.Allocate(dtype, rows, config.HiddenSize);
-        _gate = backend.Allocate(dtype, rows, config.IntermediateSize);
-        _up = backend.Allocate(dtype, rows, config.IntermediateSize);
-        _activation = backend.Allocate(dtype, rows, config.IntermediateSize);
+        _gate = backend.Allocate(dtype, rows, intermediate);
+        _up = backend.Allocate(dtype, rows, intermediate);
+        _activation = backend.Allocate(dtype, rows, intermediate);
         if (config.MixtureOfExperts is { } moe)
         {
             _routerLogits = backend.Allocate(dtype, rows, moe.ExpertCount);
@@ -61,7 +66,7 @@ internal sealed class ForwardScratch : IDisposable
         }
 
         LastNormed = backend.Allocate(dtype, 1, config.HiddenSize);
-        LastLogits = backend.Allocate(dtype, 1, config.VocabularySize);
+        LastLogits = backend.Allocate(dtype, 1, partition.Vocabulary.Count);
     }
 
     public int Rows { get; }
@@ -69,6 +74,7 @@ internal sealed class ForwardScratch : IDisposable
     /// <summary>The final-norm output of the last position only, so decode runs lm_head on one row.</summary>
     public Tensor LastNormed { get; }
 
+    /// <summary>Logits of this rank's vocabulary run for the last position.</summary>
     public Tensor LastLogits { get; }
 
     public StepTensors For(int n)
@@ -112,8 +118,8 @@ internal sealed class ForwardScratch : IDisposable
         public StepTensors(ForwardScratch scratch, int n)
         {
             var config = scratch._config;
-            var heads = config.AttentionHeadCount;
-            var kvHeads = config.KeyValueHeadCount;
+            var heads = scratch._partition.Heads.Count;
+            var kvHeads = scratch._partition.KeyValueHeadCount;
             var headDim = config.HeadDim;
             Count = n;
             Hidden = [scratch._hidden[0].Slice(0, n), scratch._hidden[1].Slice(0, n)];

@@ -1,34 +1,37 @@
 using System.Runtime.InteropServices;
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models;
 
 /// <summary>
-/// Keys and values of every layer for one sequence, [capacity, kvHeads, headDim] per layer on the model's backend.
+/// Keys and values of every layer for one sequence, [capacity, kvHeads, headDim] per layer on the model's backend;
+/// a rank of a sharded model caches only its layers and its key/value heads.
 /// The capacity is fixed: a forward pass that would run past it throws rather than reallocating, so memory use is
 /// decided up front. <see cref="Truncate"/> keeps a prefix for prompt-cache reuse.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
-    private readonly Tensor[] _keys;
-    private readonly Tensor[] _values;
+    private readonly Tensor?[] _keys;
+    private readonly Tensor?[] _values;
     private bool _disposed;
 
-    internal KvCache(CausalLanguageModel owner, IComputeBackend backend, ModelConfig config, Tensor inverseFrequencies, int capacity)
+    internal KvCache(CausalLanguageModel owner, IComputeBackend backend, ModelConfig config, ModelPartition partition, Tensor inverseFrequencies, int capacity)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
         Owner = owner;
         Capacity = capacity;
         InverseFrequencies = inverseFrequencies;
-        _keys = new Tensor[config.LayerCount];
-        _values = new Tensor[config.LayerCount];
+        _keys = new Tensor?[config.LayerCount];
+        _values = new Tensor?[config.LayerCount];
         try
         {
-            for (var layer = 0; layer < config.LayerCount; layer++)
+            var keyValueHeads = partition.KeyValueHeadCount;
+            for (var layer = partition.Layers.Start; layer < partition.Layers.End; layer++)
             {
-                _keys[layer] = backend.Allocate(backend.ActivationDType, capacity, config.KeyValueHeadCount, config.HeadDim);
-                _values[layer] = backend.Allocate(backend.ActivationDType, capacity, config.KeyValueHeadCount, config.HeadDim);
+                _keys[layer] = backend.Allocate(backend.ActivationDType, capacity, keyValueHeads, config.HeadDim);
+                _values[layer] = backend.Allocate(backend.ActivationDType, capacity, keyValueHeads, config.HeadDim);
             }
 
             var positions = new int[capacity];
@@ -54,9 +57,10 @@ public sealed class KvCache : IDisposable
 
     internal CausalLanguageModel Owner { get; }
 
-    internal IReadOnlyList<Tensor> Keys => _keys;
+    /// <summary>Per layer index; null for layers another pipeline stage runs.</summary>
+    internal IReadOnlyList<Tensor?> Keys => _keys;
 
-    internal IReadOnlyList<Tensor> Values => _values;
+    internal IReadOnlyList<Tensor?> Values => _values;
 
     internal Tensor Positions { get; } = null!;
 

@@ -1,4 +1,5 @@
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models.Transformer;
@@ -9,10 +10,12 @@ public sealed class SelfAttention : IDisposable
     private readonly ModelConfig _config;
     private readonly float _scale;
 
-    internal SelfAttention(ModelConfig config, LinearWeight query, LinearWeight key, LinearWeight value, LinearWeight output, Tensor? queryNorm, Tensor? keyNorm)
+    internal SelfAttention(ModelConfig config, int heads, int keyValueHeads, LinearWeight query, LinearWeight key, LinearWeight value, LinearWeight output, Tensor? queryNorm, Tensor? keyNorm)
     {
         _config = config;
         _scale = (float)(1.0 / Math.Sqrt(config.HeadDim));
+        HeadCount = heads;
+        KeyValueHeadCount = keyValueHeads;
         QueryProjection = query;
         KeyProjection = key;
         ValueProjection = value;
@@ -20,6 +23,12 @@ public sealed class SelfAttention : IDisposable
         QueryNorm = queryNorm;
         KeyNorm = keyNorm;
     }
+
+    /// <summary>Query heads this rank computes (all of them without tensor parallelism).</summary>
+    public int HeadCount { get; }
+
+    /// <summary>Key/value heads this rank holds and caches.</summary>
+    public int KeyValueHeadCount { get; }
 
     public LinearWeight QueryProjection { get; }
 
@@ -37,20 +46,33 @@ public sealed class SelfAttention : IDisposable
         QueryProjection.WeightBytes + KeyProjection.WeightBytes + ValueProjection.WeightBytes + OutputProjection.WeightBytes
         + (QueryNorm?.ByteLength ?? 0) + (KeyNorm?.ByteLength ?? 0);
 
-    internal static SelfAttention Load(WeightLoader weights, ModelConfig config, string prefix)
+    /// <summary>
+    /// Loads this rank's heads: q/k/v split by output features (whole heads), o_proj by input features, its bias kept
+    /// by tensor rank 0 only since the ranks' partial outputs are summed.
+    /// </summary>
+    internal static SelfAttention Load(WeightLoader weights, ModelConfig config, string prefix, ModelPartition partition)
     {
-        var queryWidth = config.AttentionHeadCount * config.HeadDim;
-        var keyValueWidth = config.KeyValueHeadCount * config.HeadDim;
+        var headDim = config.HeadDim;
+        var queryWidth = config.AttentionHeadCount * headDim;
+        var keyValueWidth = config.KeyValueHeadCount * headDim;
+        var heads = partition.Heads;
+        var keyValueRanges = partition.KeyValueHeads.Select(r => new ShardRange(r.Start * headDim, r.Count * headDim)).ToArray();
+        var whole = partition.TensorSize == 1;
         var loaded = new List<IDisposable>();
         try
         {
-            var query = loaded.Keep(weights.Linear(prefix + "q_proj", queryWidth, config.HiddenSize, config.QueryKeyValueBias));
-            var key = loaded.Keep(weights.Linear(prefix + "k_proj", keyValueWidth, config.HiddenSize, config.QueryKeyValueBias));
-            var value = loaded.Keep(weights.Linear(prefix + "v_proj", keyValueWidth, config.HiddenSize, config.QueryKeyValueBias));
-            var output = loaded.Keep(weights.Linear(prefix + "o_proj", config.HiddenSize, queryWidth, config.OutputProjectionBias));
-            var queryNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "q_norm.weight", config.HeadDim)) : null;
-            var keyNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "k_norm.weight", config.HeadDim)) : null;
-            return new SelfAttention(config, query, key, value, output, queryNorm, keyNorm);
+            var query = loaded.Keep(weights.Linear(
+                prefix + "q_proj", queryWidth, config.HiddenSize, config.QueryKeyValueBias,
+                whole ? LinearSlice.Whole : LinearSlice.Outputs(new ShardRange(heads.Start * headDim, heads.Count * headDim))));
+            var keyValueSlice = whole ? LinearSlice.Whole : LinearSlice.Outputs(keyValueRanges);
+            var key = loaded.Keep(weights.Linear(prefix + "k_proj", keyValueWidth, config.HiddenSize, config.QueryKeyValueBias, keyValueSlice));
+            var value = loaded.Keep(weights.Linear(prefix + "v_proj", keyValueWidth, config.HiddenSize, config.QueryKeyValueBias, keyValueSlice));
+            var output = loaded.Keep(weights.Linear(
+                prefix + "o_proj", config.HiddenSize, queryWidth, config.OutputProjectionBias,
+                whole ? LinearSlice.Whole : LinearSlice.Inputs(new ShardRange(heads.Start * headDim, heads.Count * headDim), keepBias: partition.TensorRank == 0)));
+            var queryNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "q_norm.weight", headDim)) : null;
+            var keyNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "k_norm.weight", headDim)) : null;
+            return new SelfAttention(config, heads.Count, partition.KeyValueHeadCount, query, key, value, output, queryNorm, keyNorm);
         }
         catch
         {
@@ -59,7 +81,10 @@ public sealed class SelfAttention : IDisposable
         }
     }
 
-    /// <summary>output = o_proj(attention(rope(q), rope(k), v)) for the tokens at positions start..start+n-1.</summary>
+    /// <summary>
+    /// output = o_proj(attention(rope(q), rope(k), v)) for the tokens at positions start..start+n-1; under tensor
+    /// parallelism a partial sum over this rank's heads.
+    /// </summary>
     internal void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, KvCache cache, int layer, Tensor positions, Tensor output)
     {
         var n = step.Count;
@@ -81,8 +106,8 @@ public sealed class SelfAttention : IDisposable
         backend.Rope(query, positions, cache.InverseFrequencies, _config.Rope.AttentionScaling);
         backend.Rope(key, positions, cache.InverseFrequencies, _config.Rope.AttentionScaling);
 
-        var keys = cache.Keys[layer];
-        var values = cache.Values[layer];
+        var keys = cache.Keys[layer]!;
+        var values = cache.Values[layer]!;
         backend.Copy(key, keys.Slice(start, n));
         backend.Copy(step.ValueHeads, values.Slice(start, n));
         backend.Attention(query, keys, values, start, _scale, step.AttentionHeads);

@@ -1,5 +1,6 @@
 using Granary.Models.Configuration;
 using Granary.Models.Safetensors;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 
 namespace Granary.Models.Transformer;
@@ -30,52 +31,65 @@ internal sealed class WeightLoader
 
     /// <summary>
     /// The weight of module <paramref name="modulePath"/> (stored [out, in]), dense or quantized, with its bias when
-    /// <paramref name="hasBias"/>.
+    /// <paramref name="hasBias"/>; only the part <paramref name="slice"/> names is read (a row slice is mapped in place,
+    /// a column slice copied).
     /// </summary>
-    public LinearWeight Linear(string modulePath, int outFeatures, int inFeatures, bool hasBias)
+    public LinearWeight Linear(string modulePath, int outFeatures, int inFeatures, bool hasBias, LinearSlice slice) =>
+        Source(modulePath, outFeatures, inFeatures, hasBias, stacked: null).Take(_backend, slice, dequantizeUnaligned: true);
+
+    public LinearWeight Linear(string modulePath, int outFeatures, int inFeatures, bool hasBias) =>
+        Linear(modulePath, outFeatures, inFeatures, hasBias, LinearSlice.Whole);
+
+    /// <summary>
+    /// The experts in <paramref name="held"/> of <paramref name="count"/> linear weights stored stacked as
+    /// [count, out, in] under one module (the mlx-lm layout of MoE experts, "switch_mlp"); null for the others.
+    /// Each held expert maps only its own rows of the stacked tensors.
+    /// </summary>
+    public LinearWeight?[] StackedLinear(string modulePath, int count, int outFeatures, int inFeatures, ShardRange held)
     {
-        var bias = hasBias ? Vector(modulePath + ".bias", outFeatures) : null;
+        var source = Source(modulePath, outFeatures, inFeatures, hasBias: false, stacked: count);
+        var experts = new LinearWeight?[count];
         try
         {
-            return _checkpoint.Contains(modulePath + ".scales")
-                ? Quantized(modulePath, outFeatures, inFeatures, bias)
-                : new DenseWeight(Map(modulePath + ".weight", [outFeatures, inFeatures], requireFloat: true), bias);
+            for (var e = held.Start; e < held.End; e++)
+            {
+                experts[e] = source.Take(_backend, LinearSlice.Outputs(new ShardRange(e * outFeatures, outFeatures)), dequantizeUnaligned: false);
+            }
+
+            return experts;
         }
         catch
         {
-            bias?.Dispose();
+            foreach (var expert in experts)
+            {
+                expert?.Dispose();
+            }
+
             throw;
         }
     }
 
-    /// <summary>
-    /// <paramref name="count"/> linear weights stored stacked as [count, out, in] under one module (the mlx-lm layout
-    /// of MoE experts, "switch_mlp"). Each weight is a view; the stacked tensors are added to <paramref name="owners"/>,
-    /// which the caller disposes after the views.
-    /// </summary>
-    public LinearWeight[] StackedLinear(string modulePath, int count, int outFeatures, int inFeatures, List<IDisposable> owners)
+    // A stacked module is read as one [count * out, in] matrix so an expert is a run of its rows.
+    private LinearSource Source(string modulePath, int outFeatures, int inFeatures, bool hasBias, int? stacked)
     {
+        var bias = hasBias ? Matrix(modulePath + ".bias", [outFeatures], requireFloat: true) : (HostMatrix?)null;
+        var prefix = stacked is { } n ? new[] { n } : [];
+        var rows = outFeatures * (stacked ?? 1);
         if (!_checkpoint.Contains(modulePath + ".scales"))
         {
-            var stacked = owners.Keep(Map(modulePath + ".weight", [count, outFeatures, inFeatures], requireFloat: true));
-            return Enumerable.Range(0, count)
-                .Select(e => (LinearWeight)new DenseWeight(stacked.Slice(e, 1).Reshape(outFeatures, inFeatures)))
-                .ToArray();
+            return LinearSource.Dense(modulePath, Matrix(modulePath + ".weight", [.. prefix, outFeatures, inFeatures], requireFloat: true, rows: rows), bias);
         }
 
-        var (file, spec, groups) = QuantizationOf(modulePath, inFeatures);
+        var (_, spec, groups) = QuantizationOf(modulePath, inFeatures);
         var packed = inFeatures * spec.Bits / 32;
-        var codes = owners.Keep(Map(modulePath + ".weight", [count, outFeatures, packed], requireFloat: false, DType.U32));
-        var scales = owners.Keep(Map(modulePath + ".scales", [count, outFeatures, groups], requireFloat: true));
-        var biases = owners.Keep(Map(modulePath + ".biases", [count, outFeatures, groups], requireFloat: true));
-        return Enumerable.Range(0, count)
-            .Select(e => (LinearWeight)new QuantizedWeight(
-                codes.Slice(e, 1).Reshape(outFeatures, packed),
-                scales.Slice(e, 1).Reshape(outFeatures, groups),
-                biases.Slice(e, 1).Reshape(outFeatures, groups),
-                spec.Bits,
-                spec.GroupSize))
-            .ToArray();
+        return LinearSource.Quantized(
+            modulePath,
+            Matrix(modulePath + ".weight", [.. prefix, outFeatures, packed], requireFloat: false, DType.U32, rows),
+            Matrix(modulePath + ".scales", [.. prefix, outFeatures, groups], requireFloat: true, rows: rows),
+            Matrix(modulePath + ".biases", [.. prefix, outFeatures, groups], requireFloat: true, rows: rows),
+            spec.Bits,
+            spec.GroupSize,
+            bias);
     }
 
     private (SafetensorsFile File, QuantizationSpec Spec, int Groups) QuantizationOf(string modulePath, int inFeatures)
@@ -96,25 +110,21 @@ internal sealed class WeightLoader
         return (file, spec, inFeatures / spec.GroupSize);
     }
 
-    private QuantizedWeight Quantized(string modulePath, int outFeatures, int inFeatures, Tensor? bias)
+    /// <summary>A checked tensor as a [rows, last dimension] matrix (a vector is [length, 1]).</summary>
+    private HostMatrix Matrix(string name, int[] expectedShape, bool requireFloat, DType? requiredDType = null, int? rows = null)
     {
-        var (_, spec, groups) = QuantizationOf(modulePath, inFeatures);
-        var tensors = new List<Tensor>(3);
-        try
-        {
-            tensors.Add(Map(modulePath + ".weight", [outFeatures, inFeatures * spec.Bits / 32], requireFloat: false, DType.U32));
-            tensors.Add(Map(modulePath + ".scales", [outFeatures, groups], requireFloat: true));
-            tensors.Add(Map(modulePath + ".biases", [outFeatures, groups], requireFloat: true));
-            return new QuantizedWeight(tensors[0], tensors[1], tensors[2], spec.Bits, spec.GroupSize, bias);
-        }
-        catch
-        {
-            tensors.ForEach(t => t.Dispose());
-            throw;
-        }
+        var (file, info) = Check(name, expectedShape, requireFloat, requiredDType);
+        var columns = expectedShape.Length == 1 ? 1 : expectedShape[^1];
+        return new HostMatrix(file.GetRegion(info), info.DType, rows ?? expectedShape[0], columns, mappable: true);
     }
 
     private Tensor Map(string name, int[] expectedShape, bool requireFloat, DType? requiredDType = null)
+    {
+        var (file, info) = Check(name, expectedShape, requireFloat, requiredDType);
+        return _backend.Map(file.GetRegion(info), info.DType, expectedShape);
+    }
+
+    private (SafetensorsFile File, SafetensorsTensorInfo Info) Check(string name, int[] expectedShape, bool requireFloat, DType? requiredDType)
     {
         var (file, info) = _checkpoint.GetTensor(name);
         if (requiredDType is { } required && info.DType != required)
@@ -133,6 +143,6 @@ internal sealed class WeightLoader
                 file.Path, name, $"Shape mismatch: expected [{string.Join(", ", expectedShape)}], got [{string.Join(", ", info.Shape)}].");
         }
 
-        return _backend.Map(file.GetRegion(info), info.DType, expectedShape);
+        return (file, info);
     }
 }
