@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
 using Granary.Models.Tokenization;
@@ -150,7 +149,7 @@ public sealed class HuggingFaceTokenizerReferenceTests
     }
 
     [TokenizerFact]
-    public void HundredKilobytesEncodeQuickly()
+    public void HundredKilobyteTextsRoundTrip()
     {
         var text = new StringBuilder();
         for (var round = 0; text.Length < 100_000; round++)
@@ -165,22 +164,11 @@ public sealed class HuggingFaceTokenizerReferenceTests
         var words = string.Concat(Enumerable.Range(0, 20_000).Select(i => $"w{i * 7919 % 100_003:x} "));
         var oneLongWord = new string('q', 100_000);
         var subject = TokenizerFiles.Qwen3;
-        subject.Encode("warm up");
 
-        var stopwatch = Stopwatch.StartNew();
-        var ids = subject.Encode(text.ToString());
-        var elapsedCorpus = stopwatch.Elapsed;
-        stopwatch.Restart();
-        subject.Encode(words);
-        var elapsedWords = stopwatch.Elapsed;
-        stopwatch.Restart();
-        subject.Encode(oneLongWord);
-        var elapsedLongWord = stopwatch.Elapsed;
-
-        Assert.Equal(text.ToString(), subject.Decode(ids.ToArray()));
-        // Generous for a busy test machine (typical: a small fraction); the single word guards against quadratic merging.
-        Assert.True(elapsedCorpus < TimeSpan.FromSeconds(2), $"100 KB of corpus text took {elapsedCorpus.TotalMilliseconds} ms.");
-        Assert.True(elapsedWords < TimeSpan.FromSeconds(2), $"100 KB of distinct words took {elapsedWords.TotalMilliseconds} ms.");
-        Assert.True(elapsedLongWord < TimeSpan.FromSeconds(5), $"a 100 KB single word took {elapsedLongWord.TotalMilliseconds} ms.");
+        // Speed is the benchmark's business; here only that long inputs come back whole.
+        foreach (var input in new[] { text.ToString(), words, oneLongWord })
+        {
+            Assert.Equal(input, subject.Decode(subject.Encode(input).ToArray()));
+        }
     }
 }
