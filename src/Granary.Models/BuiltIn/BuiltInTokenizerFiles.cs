@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
+using Granary.Models.Tokenization;
 
 namespace Granary.Models.BuiltIn;
 
@@ -39,18 +40,17 @@ internal static class BuiltInTokenizerFiles
     /// <summary>Writes tokenizer.json and tokenizer_config.json; returns the vocabulary size (special tokens included).</summary>
     public static int Write(string directory)
     {
-        var byteToUnicode = ByteLevelAlphabet();
         var vocabulary = new Dictionary<string, int>(StringComparer.Ordinal);
         var merges = new List<string>();
         for (var b = 0; b < 256; b++)
         {
-            vocabulary[byteToUnicode[b].ToString()] = b;
+            vocabulary[ByteLevelAlphabet.ToChar((byte)b).ToString()] = b;
         }
 
         foreach (var word in Words.Split(' ', StringSplitOptions.RemoveEmptyEntries))
         {
-            AddWord(word, byteToUnicode, vocabulary, merges);
-            AddWord(" " + word, byteToUnicode, vocabulary, merges);
+            AddWord(word, vocabulary, merges);
+            AddWord(" " + word, vocabulary, merges);
         }
 
         var specials = new[] { EndOfText, ImStart, ImEnd };
@@ -164,13 +164,13 @@ internal static class BuiltInTokenizerFiles
     }
 
     /// <summary>Adds merges that build <paramref name="word"/> left to right, one byte at a time.</summary>
-    private static void AddWord(string word, char[] byteToUnicode, Dictionary<string, int> vocabulary, List<string> merges)
+    private static void AddWord(string word, Dictionary<string, int> vocabulary, List<string> merges)
     {
         var bytes = Encoding.UTF8.GetBytes(word);
-        var built = byteToUnicode[bytes[0]].ToString();
+        var built = ByteLevelAlphabet.ToChar(bytes[0]).ToString();
         for (var i = 1; i < bytes.Length; i++)
         {
-            var next = byteToUnicode[bytes[i]].ToString();
+            var next = ByteLevelAlphabet.ToChar(bytes[i]).ToString();
             var merged = built + next;
             if (!vocabulary.ContainsKey(merged))
             {
@@ -180,22 +180,5 @@ internal static class BuiltInTokenizerFiles
 
             built = merged;
         }
-    }
-
-    /// <summary>
-    /// The byte-level BPE alphabet: printable bytes stand for themselves, the others are shifted to code points from
-    /// U+0100 up so every byte has a visible, non-whitespace character.
-    /// </summary>
-    internal static char[] ByteLevelAlphabet()
-    {
-        var map = new char[256];
-        var next = 256;
-        for (var b = 0; b < 256; b++)
-        {
-            var printable = b is >= '!' and <= '~' or >= 0xA1 and <= 0xAC or >= 0xAE and <= 0xFF;
-            map[b] = printable ? (char)b : (char)next++;
-        }
-
-        return map;
     }
 }
