@@ -1,1 +1,26 @@
-namespace Granary.Bench; internal static class Program { private static int Main() => 0; }
+namespace Granary.Bench;
+
+internal static class Program
+{
+    private static int Main(string[] args)
+    {
+        switch (args.FirstOrDefault())
+        {
+            case "decode":
+                return DecodeBenchmark.Run(args[1..]);
+            case "kernels":
+                return KernelsBenchmark.Run(args[1..]);
+            case "cuda":
+                return CudaBenchmark.Run(args[1..]);
+            case "collectives":
+                return CollectivesBench.Run(args[1..]);
+            case "training":
+                return TrainingBenchmark.Run(args[1..]);
+            case "distributed":
+                return DistributedBenchmark.Run(args[1..]);
+            default:
+                Console.Error.WriteLine("usage: Granary.Bench decode [--layers 28] [--prompt 128] [--tokens 32] [--formats bf16,q4] | kernels [threads] | cuda [--models qwen3-0.6b,qwen3-8b] [--batches 1,8] [--prompt 512] [--steps 64] | collectives [options] | distributed [--ranks 2,4] [--modes tensor,pipeline] [--tokens 16] [--backend shm] [--model DIR]");
+                return 2;
+        }
+    }
+}

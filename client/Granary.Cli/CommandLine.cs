@@ -1,3 +1,5 @@
+using Granary.Cli.Commands;
+
 namespace Granary.Cli;
 
 /// <summary>Dispatches `granary COMMAND ...` to the command that handles it.</summary>
@@ -6,6 +8,15 @@ internal static class CommandLine
     private static readonly IReadOnlyDictionary<string, (string Summary, Func<string[], Task<int>> Run)> Commands =
         new Dictionary<string, (string, Func<string[], Task<int>>)>(StringComparer.Ordinal)
         {
+            ["generate"] = (GenerateCommand.Summary, GenerateCommand.RunAsync),
+            ["chat"] = (ChatCommand.Summary, ChatCommand.RunAsync),
+            ["launch"] = (LaunchCommand.Summary, LaunchCommand.RunAsync),
+            ["config"] = (ConfigCommand.Summary, ConfigCommand.RunAsync),
+            ["collectives-check"] = (CollectivesCheckCommand.Summary, CollectivesCheckCommand.RunAsync),
+            ["status"] = (Granary.Cli.Commands.StatusCommand.Summary, Granary.Cli.Commands.StatusCommand.RunAsync),
+            ["db"] = (Granary.Cli.Commands.DbCommand.Summary, Granary.Cli.Commands.DbCommand.RunAsync),
+            ["lora"] = (LoraCommand.Summary, LoraCommand.RunAsync),
+            ["fuse"] = (FuseCommand.Summary, FuseCommand.RunAsync),
         };
 
     public static async Task<int> RunAsync(string[] args)
@@ -31,6 +42,17 @@ internal static class CommandLine
         {
             Console.Error.WriteLine($"granary {args[0]}: {e.Message}");
             return 2;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine($"granary {args[0]}: cancelled.");
+            return 130;
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("GRANARY_DEBUG") is null)
+        {
+            // Users get the message, not a stack trace; GRANARY_DEBUG=1 shows the full exception.
+            Console.Error.WriteLine($"granary {args[0]}: error: {e.Message}");
+            return 1;
         }
     }
 

@@ -1,0 +1,63 @@
+/*
+ * MPI_Allreduce timing peer for `granary-bench collectives`: same sizes, same iteration rule, same reporting.
+ * Usage: allreduce_bench SIZE_BYTES[,SIZE_BYTES...] MIN_SECONDS
+ * Prints "RESULT <bytes> <seconds per all-reduce>" on rank 0, the slowest rank's mean.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double time_iterations(float *buffer, int count, int iterations)
+{
+    MPI_Barrier(MPI_COMM_WORLD);
+    double start = MPI_Wtime();
+    for (int i = 0; i < iterations; i++) {
+        MPI_Allreduce(MPI_IN_PLACE, buffer, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    }
+    return MPI_Wtime() - start;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (argc != 3) {
+        if (rank == 0) {
+            fprintf(stderr, "usage: %s SIZE_BYTES[,SIZE_BYTES...] MIN_SECONDS\n", argv[0]);
+        }
+        MPI_Finalize();
+        return 2;
+    }
+
+    double min_seconds = atof(argv[2]);
+    char *sizes = strdup(argv[1]);
+    for (char *token = strtok(sizes, ","); token != NULL; token = strtok(NULL, ",")) {
+        long bytes = atol(token);
+        int count = (int)(bytes / sizeof(float));
+        float *buffer = malloc(count > 0 ? (size_t)count * sizeof(float) : 1);
+        for (int i = 0; i < count; i++) {
+            buffer[i] = (float)(rank + i % 7);
+        }
+
+        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations. */
+        double warm = time_iterations(buffer, count, 3) / 3;
+        int iterations = warm > 0 ? (int)(min_seconds / warm) : 1000;
+        iterations = iterations < 3 ? 3 : iterations > 20000 ? 20000 : iterations;
+        MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
+
+        double mean = time_iterations(buffer, count, iterations) / iterations;
+        double slowest;
+        MPI_Reduce(&mean, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+        if (rank == 0) {
+            printf("RESULT %ld %.9f\n", bytes, slowest);
+            fflush(stdout);
+        }
+        free(buffer);
+    }
+
+    free(sizes);
+    MPI_Finalize();
+    return 0;
+}

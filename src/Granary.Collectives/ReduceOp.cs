@@ -1,0 +1,9 @@
+namespace Granary.Collectives;
+
+/// <summary>How contributions of the ranks combine element-wise.</summary>
+public enum ReduceOp : byte
+{
+    Sum,
+    Max,
+    Min,
+}
