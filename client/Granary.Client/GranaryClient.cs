@@ -15,6 +15,10 @@ public sealed class GranaryClient : IAsyncDisposable
 {
     public const string BuiltInModel = "builtin";
 
+    // A lost stream is resumed a few times at most; each try waits a moment for membership to settle.
+    private const int MaxResumes = 3;
+    private static readonly TimeSpan ResumeDelay = TimeSpan.FromMilliseconds(500);
+
     private readonly IClusterClient _cluster;
     private readonly IHost? _ownedHost;
 
@@ -63,7 +67,11 @@ public sealed class GranaryClient : IAsyncDisposable
 
     public Task UnloadModelAsync(string model = BuiltInModel) => Coordinator(model).UnloadAsync();
 
-    /// <summary>Streams a generation token by token; loads the model first if it is not loaded. Cancel to stop it.</summary>
+    /// <summary>
+    /// Streams a generation token by token; loads the model first if it is not loaded. Cancel to stop it.
+    /// If the coordinator's stream is lost (its silo died, or its activation moved when the grain directory was
+    /// repartitioned), the job is resumed from the tokens already received, so the caller sees one answer.
+    /// </summary>
     public async IAsyncEnumerable<TokenChunk> StreamAsync(
         string model,
         GenerationJob job,
@@ -71,9 +79,51 @@ public sealed class GranaryClient : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(job);
         job.Prompt.Validate();
-        await foreach (var chunk in Coordinator(model).GenerateAsync(job, cancellationToken).WithCancellation(cancellationToken))
+        if (job.JobId.Length == 0)
         {
-            yield return chunk;
+            job = job with { JobId = Guid.NewGuid().ToString("N")[..12] };
+        }
+
+        var received = new List<int>(job.ProducedTokenIds);
+        for (var resumes = 0; ; resumes++)
+        {
+            var stream = Coordinator(model).GenerateAsync(job, cancellationToken).GetAsyncEnumerator(cancellationToken);
+            Exception? lost = null;
+            try
+            {
+                while (true)
+                {
+                    TokenChunk chunk;
+                    try
+                    {
+                        if (!await stream.MoveNextAsync())
+                        {
+                            yield break;
+                        }
+
+                        chunk = stream.Current;
+                    }
+                    catch (Exception e) when (IsLostStream(e, cancellationToken) && resumes < MaxResumes)
+                    {
+                        lost = e;
+                        break;
+                    }
+
+                    if (chunk.HasToken)
+                    {
+                        received.Add(chunk.TokenId);
+                    }
+
+                    yield return chunk.Summary is null ? chunk : chunk with { Summary = chunk.Summary with { Failovers = chunk.Summary.Failovers + resumes } };
+                }
+            }
+            finally
+            {
+                await DisposeQuietlyAsync(stream);
+            }
+
+            job = job with { ProducedTokenIds = [.. received] };
+            await Task.Delay(ResumeDelay, cancellationToken);
         }
     }
 
@@ -136,6 +186,22 @@ public sealed class GranaryClient : IAsyncDisposable
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(model);
         return _cluster.GetGrain<ICoordinatorGrain>(model);
+    }
+
+    private static bool IsLostStream(Exception error, CancellationToken cancellationToken) =>
+        !cancellationToken.IsCancellationRequested
+        && error is EnumerationAbortedException or SiloUnavailableException or OrleansMessageRejectionException;
+
+    private static async ValueTask DisposeQuietlyAsync(IAsyncEnumerator<TokenChunk> stream)
+    {
+        try
+        {
+            await stream.DisposeAsync();
+        }
+        catch (Exception e) when (e is EnumerationAbortedException or SiloUnavailableException or OrleansMessageRejectionException)
+        {
+            // The stream's coordinator is gone; there is nothing left to release.
+        }
     }
 }
 

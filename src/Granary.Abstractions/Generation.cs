@@ -99,6 +99,17 @@ public sealed record GenerationJob
     /// <summary>Names the job in cluster status; the coordinator assigns one when empty.</summary>
     [Id(5)]
     public string JobId { get; init; } = "";
+
+    /// <summary>
+    /// Tokens an earlier attempt of this job already streamed (a client resuming after its coordinator was lost):
+    /// they are replayed into the KV cache and count towards <see cref="MaxTokens"/>, but are not streamed again.
+    /// </summary>
+    [Id(6)]
+    public int[] ProducedTokenIds { get; init; } = [];
+
+    /// <summary>Failovers the earlier attempts went through, carried into the summary.</summary>
+    [Id(7)]
+    public int PriorFailovers { get; init; }
 }
 
 /// <summary>

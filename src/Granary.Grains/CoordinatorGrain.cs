@@ -44,8 +44,8 @@ internal sealed partial class CoordinatorGrain(
 
         var plan = await EnsurePlanAsync(cancellationToken);
         int[]? promptIds = null;
-        var produced = new List<int>();
-        var failovers = 0;
+        var produced = new List<int>(job.ProducedTokenIds);
+        var failovers = job.PriorFailovers;
         while (true)
         {
             var leader = GrainFactory.GetGrain<IShardGrain>(plan.Leader.Shard.ToGrainKey());
@@ -98,7 +98,7 @@ internal sealed partial class CoordinatorGrain(
                 }
             }
 
-            if (++failovers > _options.MaxFailovers)
+            if (++failovers - job.PriorFailovers > _options.MaxFailovers)
             {
                 throw new InvalidOperationException(
                     $"Generation {job.JobId} of model '{Model}' failed {failovers} times; giving up: {failure!.Message}", failure);
