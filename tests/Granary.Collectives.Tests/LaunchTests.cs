@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Granary.Testing;
 
 namespace Granary.Collectives.Tests;
 
@@ -15,7 +16,7 @@ public class LaunchTests
     [InlineData("mesh", "i32", 2)]
     public void LaunchedRanksAllSumCorrectly(string backend, string dtype, int ranks)
     {
-        var (exitCode, output, _) = Cli.Run(Limit, ["launch", "-n", ranks.ToString(), "--backend", backend, "--", .. Cli.Granary, "collectives-check", "--dtype", dtype, "--elements", "30011"]);
+        var (exitCode, output, _) = GranaryCli.Run(Limit, ["launch", "-n", ranks.ToString(), "--backend", backend, "--", .. GranaryCli.Command, "collectives-check", "--dtype", dtype, "--elements", "30011"]);
         Assert.True(exitCode == 0, output);
         for (var rank = 0; rank < ranks; rank++)
         {
@@ -27,8 +28,8 @@ public class LaunchTests
     public void RankThatDiesFailsTheJobAndTheOthersReportIt()
     {
         // The grace is long: the survivors' own error messages prove they failed by themselves, before any kill.
-        var (exitCode, output, _) = Cli.Run(Limit,
-            ["launch", "-n", "3", "--backend", "ring", "--timeout-ms", "3000", "--kill-grace-ms", "30000", "--", .. Cli.Granary, "collectives-check", "--exit-rank", "1", "--iterations", "3"]);
+        var (exitCode, output, _) = GranaryCli.Run(Limit,
+            ["launch", "-n", "3", "--backend", "ring", "--timeout-ms", "3000", "--kill-grace-ms", "30000", "--", .. GranaryCli.Command, "collectives-check", "--exit-rank", "1", "--iterations", "3"]);
         Assert.Equal(3, exitCode);
         Assert.Contains("[1] rank 1: exiting on purpose", output);
         Assert.Contains("[0] rank 0: collectives check failed: AllReduce", output);
@@ -42,7 +43,7 @@ public class LaunchTests
         var directory = Directory.CreateTempSubdirectory("granary-launch-").FullName;
         try
         {
-            var (exitCode, output, _) = Cli.Run(Limit,
+            var (exitCode, output, _) = GranaryCli.Run(Limit,
                 "launch", "-n", "2", "--env", "GREETING=hello world", "--cwd", directory, "--", "sh", "-c", "echo \"$GRANARY_RANK/$GRANARY_WORLD_SIZE $GREETING $(pwd)\"");
             Assert.True(exitCode == 0, output);
             Assert.Contains($"[0] 0/2 hello world {directory}", output);
@@ -57,7 +58,7 @@ public class LaunchTests
     [Fact]
     public void FailingRankGivesTheExitCodeAndTheRestAreKilled()
     {
-        var (exitCode, output, elapsed) = Cli.Run(Limit,
+        var (exitCode, output, elapsed) = GranaryCli.Run(Limit,
             "launch", "-n", "3", "--kill-grace-ms", "200", "--", "sh", "-c", "if [ $GRANARY_RANK = 2 ]; then exit 5; fi; sleep 100");
         Assert.Equal(5, exitCode);
         Assert.Contains("rank 2 exited with code 5", output);
@@ -72,13 +73,13 @@ public class LaunchTests
         {
             // Host names that are not this machine, reached through a template instead of ssh.
             File.WriteAllText(hostfile, """[{"ssh": "node-a", "ips": ["127.0.0.1"]}, {"ssh": "node-b", "ips": ["127.0.0.1"]}, {"ssh": "node-c", "ips": ["127.0.0.1"]}]""");
-            var (exitCode, output, _) = Cli.Run(Limit,
+            var (exitCode, output, _) = GranaryCli.Run(Limit,
                 ["launch", "--hostfile", hostfile, "--port", RankHarness.FreePort().ToString(), "--launcher", "env VIA={host} sh -c {command}", "--backend", "ring",
-                 "--", .. Cli.Granary, "collectives-check"]);
+                 "--", .. GranaryCli.Command, "collectives-check"]);
             Assert.True(exitCode == 0, output);
             Assert.Contains("[2] rank 2 of 3: all-sum of 4099 F32 over ring matches the reference", output);
 
-            (exitCode, output, _) = Cli.Run(Limit, "launch", "--hostfile", hostfile, "--launcher", "env VIA={host} sh -c {command}", "--", "sh", "-c", "echo $VIA");
+            (exitCode, output, _) = GranaryCli.Run(Limit, "launch", "--hostfile", hostfile, "--launcher", "env VIA={host} sh -c {command}", "--", "sh", "-c", "echo $VIA");
             Assert.True(exitCode == 0, output);
             Assert.Contains("[1] node-b", output);
         }
@@ -95,7 +96,7 @@ public class LaunchTests
         try
         {
             File.WriteAllText(hostfile, """[{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": [42]}]""");
-            var (exitCode, output, _) = Cli.Run(Limit, "launch", "--hostfile", hostfile, "--", "true");
+            var (exitCode, output, _) = GranaryCli.Run(Limit, "launch", "--hostfile", hostfile, "--", "true");
             Assert.Equal(2, exitCode);
             Assert.Contains("host 1: field \"ips\" must hold strings", output);
         }
@@ -111,8 +112,8 @@ public class LaunchTests
         var hostfile = Path.Combine(Path.GetTempPath(), $"granary-config-{Guid.NewGuid():N}.json");
         try
         {
-            var (exitCode, output, _) = Cli.Run(Limit,
-                "config", "--hosts", "localhost,localhost,localhost", "--output", hostfile, "--port", RankHarness.FreePort().ToString(), "--granary", string.Join(' ', Cli.Granary));
+            var (exitCode, output, _) = GranaryCli.Run(Limit,
+                "config", "--hosts", "localhost,localhost,localhost", "--output", hostfile, "--port", RankHarness.FreePort().ToString(), "--granary", string.Join(' ', GranaryCli.Command));
             Assert.True(exitCode == 0, output);
             Assert.Contains("backend shm", output);
             Assert.Contains("[2] rank 2 of 3: all-sum of 4099 F32 over shm matches the reference", output);
@@ -136,11 +137,11 @@ public class LaunchTests
         var port = ((IPEndPoint)squatter.LocalEndPoint!).Port;
         var hostfile = Path.Combine(Path.GetTempPath(), $"granary-config-{Guid.NewGuid():N}.json");
 
-        var (exitCode, output, _) = Cli.Run(Limit, "config", "--hosts", "localhost,localhost", "--output", hostfile, "--port", port.ToString());
+        var (exitCode, output, _) = GranaryCli.Run(Limit, "config", "--hosts", "localhost,localhost", "--output", hostfile, "--port", port.ToString());
         Assert.Equal(1, exitCode);
         Assert.Contains($"port {port} is in use on localhost", output);
 
-        (exitCode, output, _) = Cli.Run(Limit, "config", "--hosts", "node-x,node-y", "--output", hostfile, "--launcher", "false {host} {command}");
+        (exitCode, output, _) = GranaryCli.Run(Limit, "config", "--hosts", "node-x,node-y", "--output", hostfile, "--launcher", "false {host} {command}");
         Assert.Equal(1, exitCode);
         Assert.Contains("is unreachable", output);
         Assert.False(File.Exists(hostfile));

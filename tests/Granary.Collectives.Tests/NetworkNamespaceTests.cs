@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Xunit.Abstractions;
+using Granary.Testing;
 
 namespace Granary.Collectives.Tests;
 
@@ -31,25 +32,25 @@ public sealed class NetworkNamespaceTests(ITestOutputHelper log) : IDisposable
         var hostfile = Path.Combine(Path.GetTempPath(), $"{_prefix}-hosts.json");
         try
         {
-            var (exitCode, output, _) = Cli.Run(Limit,
-                "config", "--hosts", string.Join(',', hosts), "--output", hostfile, "--backend", "ring", "--launcher", Launcher, "--granary", string.Join(' ', Cli.Granary));
+            var (exitCode, output, _) = GranaryCli.Run(Limit,
+                "config", "--hosts", string.Join(',', hosts), "--output", hostfile, "--backend", "ring", "--launcher", Launcher, "--granary", string.Join(' ', GranaryCli.Command));
             log.WriteLine(output);
             Assert.True(exitCode == 0, output);
             var entries = Hostfile.Load(hostfile);
             Assert.Equal(["10.231.7.1", "10.231.7.2", "10.231.7.3"], entries.Select(e => e.Ips.Single()));
             Assert.Contains("[2] rank 2 of 3: all-sum of 4099 F32 over ring matches the reference", output);
 
-            (exitCode, output, _) = Cli.Run(Limit,
-                ["launch", "--hostfile", hostfile, "--launcher", Launcher, "--backend", "tcp", "--", .. Cli.Granary, "collectives-check", "--elements", "200003", "--dtype", "bf16"]);
+            (exitCode, output, _) = GranaryCli.Run(Limit,
+                ["launch", "--hostfile", hostfile, "--launcher", Launcher, "--backend", "tcp", "--", .. GranaryCli.Command, "collectives-check", "--elements", "200003", "--dtype", "bf16"]);
             log.WriteLine(output);
             Assert.True(exitCode == 0, output);
             Assert.Contains("[1] rank 1 of 3: all-sum of 200003 BF16 over tcp matches the reference", output);
 
             // Rank 2 dies after the first all-sum; ranks 0 and 1 must report the failure, not hang.
             // A long kill grace: the survivors' messages show they failed by themselves rather than being killed.
-            (exitCode, output, _) = Cli.Run(Limit,
+            (exitCode, output, _) = GranaryCli.Run(Limit,
                 ["launch", "--hostfile", hostfile, "--launcher", Launcher, "--backend", "ring", "--timeout-ms", "3000", "--kill-grace-ms", "30000",
-                 "--", .. Cli.Granary, "collectives-check", "--exit-rank", "2", "--iterations", "3"]);
+                 "--", .. GranaryCli.Command, "collectives-check", "--exit-rank", "2", "--iterations", "3"]);
             log.WriteLine(output);
             Assert.Equal(3, exitCode);
             Assert.Contains("[0] rank 0: collectives check failed: AllReduce", output);

@@ -84,4 +84,12 @@ internal sealed record CliResult(int ExitCode, string Output, string Error, Time
 {
     /// <summary>Both streams, for assertion messages.</summary>
     public override string ToString() => $"exit {ExitCode}\nstdout:\n{Output}\nstderr:\n{Error}";
+
+    /// <summary>Exit code, both streams together (stdout first) and the time taken.</summary>
+    public void Deconstruct(out int exitCode, out string output, out TimeSpan elapsed)
+    {
+        exitCode = ExitCode;
+        output = Output + Error;
+        elapsed = Elapsed;
+    }
 }
