@@ -5,6 +5,7 @@ using Granary.Models.Configuration;
 using Granary.Models.Generation;
 using Granary.Models.Sharding;
 using Granary.Tensors;
+using Granary.Training;
 
 namespace Granary.Cli.Commands;
 
@@ -14,7 +15,7 @@ internal static class EngineOptions
     public static readonly string[] ValueOptions =
     [
         "--model", "--backend", "--threads", "--max-tokens", "--temperature", "--top-p", "--top-k", "--min-p",
-        "--repetition-penalty", "--repetition-context-size", "--seed", "--stop", "--system",
+        "--repetition-penalty", "--repetition-context-size", "--seed", "--stop", "--system", "--adapter-path",
     ];
 
     public static readonly string[] FlagOptions = ["--verbose", "--pipeline"];
@@ -41,6 +42,11 @@ internal static class EngineOptions
                 throw new UsageException($"model directory '{directory}' does not exist.");
             }
 
+            if (arguments.Get("--adapter-path") is { } adapters)
+            {
+                directory = FuseAdapters(directory, adapters, progress);
+            }
+
             if (world is not { Size: > 1 })
             {
                 progress.WriteLine($"Loading {directory} on {backend.Name}...");
@@ -63,6 +69,24 @@ internal static class EngineOptions
             backend.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Merges LoRA adapters into a copy of the model in a temporary folder and returns it. The folder is removed
+    /// when the process exits; the loaded model keeps its memory-mapped files alive until then.
+    /// </summary>
+    private static string FuseAdapters(string modelDirectory, string adapterDirectory, TextWriter progress)
+    {
+        if (!Directory.Exists(adapterDirectory))
+        {
+            throw new UsageException($"adapter directory '{adapterDirectory}' does not exist.");
+        }
+
+        var fused = Path.Combine(Path.GetTempPath(), $"granary-fused-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        progress.WriteLine($"Merging adapters from {adapterDirectory} into {modelDirectory}...");
+        ModelFusion.Fuse(modelDirectory, adapterDirectory, fused);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => Directory.Delete(fused, recursive: true);
+        return fused;
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Granary.Models.BuiltIn;
 using Granary.Training;
 
 namespace Granary.Cli.Commands;
@@ -10,7 +11,7 @@ internal static class FuseCommand
     public static Task<int> RunAsync(string[] args)
     {
         var arguments = CommandArguments.Parse(args, ["--model", "--adapter-path", "--save-path"], []);
-        var model = arguments.Get("--model") ?? throw new UsageException("--model DIR is required.");
+        var model = arguments.Get("--model") ?? BuiltInModel.EnsureCreated(Console.Error);
         var adapters = arguments.Get("--adapter-path") ?? "adapters";
         var output = arguments.Get("--save-path") ?? "fused_model";
         ModelFusion.Fuse(model, adapters, output);

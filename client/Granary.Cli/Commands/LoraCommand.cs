@@ -1,6 +1,7 @@
 using System.Globalization;
 using Granary.Collectives;
 using Granary.Models;
+using Granary.Models.BuiltIn;
 using Granary.Tensors.Cpu;
 using Granary.Training;
 
@@ -24,7 +25,7 @@ internal static class LoraCommand
     public static Task<int> RunAsync(string[] args)
     {
         var arguments = CommandArguments.Parse(args, ValueOptions, FlagOptions);
-        var modelDirectory = arguments.Get("--model") ?? throw new UsageException("--model DIR is required.");
+        var modelDirectory = arguments.Get("--model") ?? BuiltInModel.EnsureCreated(Console.Error);
         var dataDirectory = arguments.Get("--data") ?? throw new UsageException("--data DIR is required.");
         if (!arguments.Has("--train") && !arguments.Has("--test"))
         {
