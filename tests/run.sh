@@ -29,7 +29,9 @@ results=artifacts/test-results
 rm -rf "$results"
 dotnet build Runtime.sln -c Release -nologo -v quiet
 status=0
-dotnet test Runtime.sln -c Release --no-build -nologo \
+# One test project at a time: several of them start processes and silos with timeouts, and on 2 cores running
+# them side by side starves those processes.
+dotnet test Runtime.sln -c Release --no-build -nologo -m:1 \
   --logger "trx" --logger "console;verbosity=normal" --results-directory "$results" \
   -- RunConfiguration.TestSessionTimeout=1800000 || status=$?
 
