@@ -33,7 +33,8 @@ internal static class GranaryCli
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
-            RedirectStandardInput = true,
+            // Only when there is input to give: launched ranks inherit stdin, and the tests that run `launch` keep it as it was.
+            RedirectStandardInput = input is not null,
             UseShellExecute = false,
         };
         info.ArgumentList.Add(Assembly);
@@ -59,9 +60,8 @@ internal static class GranaryCli
         if (input is not null)
         {
             process.StandardInput.Write(input);
+            process.StandardInput.Close();
         }
-
-        process.StandardInput.Close();
         if (!process.WaitForExit(timeout))
         {
             process.Kill(entireProcessTree: true);
