@@ -13,13 +13,24 @@ public static class ModelLoader
 {
     public static LoadedModel Load(string modelDirectory, IComputeBackend backend, ModelLoadOptions? options = null)
     {
-        ArgumentNullException.ThrowIfNull(modelDirectory);
         ArgumentNullException.ThrowIfNull(backend);
         options ??= new ModelLoadOptions();
-        options.Validate();
+        var files = ModelFiles.Read(modelDirectory, options);
+        var checkpoint = SafetensorsCheckpoint.Open(files.Directory);
+        var model = CausalLanguageModel.Create(files.Config, checkpoint, backend, options, files.ConfigPath);
+        return new LoadedModel(files.Directory, model, files.Tokenizer, files.Generation);
+    }
+}
 
+/// <summary>The small files of a model folder, read and checked before any weights are mapped.</summary>
+internal sealed record ModelFiles(string Directory, string ConfigPath, ModelConfig Config, GenerationConfig Generation, ITextTokenizer? Tokenizer)
+{
+    public static ModelFiles Read(string modelDirectory, ModelLoadOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(modelDirectory);
+        options.Validate();
         var directory = Path.GetFullPath(modelDirectory);
-        if (!Directory.Exists(directory))
+        if (!System.IO.Directory.Exists(directory))
         {
             throw new ModelLoadException(directory, null, "Model directory not found.");
         }
@@ -29,8 +40,6 @@ public static class ModelLoader
         var generation = GenerationConfig.Load(directory, config);
         // The tokenizer is read first so a bad tokenizer fails before any weights are mapped.
         var tokenizer = File.Exists(Path.Combine(directory, "tokenizer.json")) ? HuggingFaceTokenizer.Load(directory) : null;
-        var checkpoint = SafetensorsCheckpoint.Open(directory);
-        var model = CausalLanguageModel.Create(config, checkpoint, backend, options, configPath);
-        return new LoadedModel(directory, model, tokenizer, generation);
+        return new ModelFiles(directory, configPath, config, generation, tokenizer);
     }
 }

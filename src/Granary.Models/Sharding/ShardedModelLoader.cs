@@ -24,21 +24,9 @@ public static class ShardedModelLoader
     public static LoadedModel ShardedLoad(
         string modelDirectory, IComputeBackend backend, Group? pipelineGroup, Group? tensorGroup, ModelLoadOptions? options = null)
     {
-        ArgumentNullException.ThrowIfNull(modelDirectory);
         ArgumentNullException.ThrowIfNull(backend);
         options ??= new ModelLoadOptions();
-        options.Validate();
-
-        var directory = Path.GetFullPath(modelDirectory);
-        if (!Directory.Exists(directory))
-        {
-            throw new ModelLoadException(directory, null, "Model directory not found.");
-        }
-
-        var configPath = Path.Combine(directory, ModelConfig.FileName);
-        var config = ModelConfig.Load(configPath);
-        var generation = GenerationConfig.Load(directory, config);
-        var tokenizer = File.Exists(Path.Combine(directory, "tokenizer.json")) ? HuggingFaceTokenizer.Load(directory) : null;
+        var (directory, configPath, config, generation, tokenizer) = ModelFiles.Read(modelDirectory, options);
 
         var layers = new ShardRange(0, config.LayerCount);
         if (pipelineGroup is { Size: > 1 })
