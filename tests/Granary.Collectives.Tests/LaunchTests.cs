@@ -5,8 +5,6 @@ using Granary.Testing;
 namespace Granary.Collectives.Tests;
 
 /// <summary>Multi-process tests: `granary launch` starting real rank processes on loopback.</summary>
-// Kept out of the default run (tests/run.sh): `granary launch` intermittently stays alive after all its ranks exit.
-[Trait("Category", "LaunchProcesses")]
 public class LaunchTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(120);

@@ -9,8 +9,6 @@ namespace Granary.Collectives.Tests;
 /// Runs `granary config` and `granary launch` across them through `ip netns exec` (there is no ssh server here) and
 /// kills one rank to see the error reach the others. Needs root and iproute2; otherwise it says why and passes.
 /// </summary>
-// Kept out of the default run (tests/run.sh): `granary launch` intermittently stays alive after all its ranks exit.
-[Trait("Category", "LaunchProcesses")]
 public sealed class NetworkNamespaceTests(ITestOutputHelper log) : IDisposable
 {
     private const string Launcher = "ip netns exec {host} sh -c {command}";

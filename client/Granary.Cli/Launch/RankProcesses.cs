@@ -44,27 +44,24 @@ internal sealed partial class RankProcesses
 
         var exits = processes.Select(p => p.WaitForExitAsync(CancellationToken.None)).ToList();
         var killed = new bool[processes.Count];
+        var observed = new bool[processes.Count];
         var failed = false;
         var stopAt = DateTime.MaxValue;
         using var cancelled = new CancellationTokenSource();
         using var registration = cancel.Register(cancelled.Cancel);
-        while (exits.Any(e => !e.IsCompleted))
+        while (true)
         {
-            var wait = stopAt == DateTime.MaxValue ? Timeout.InfiniteTimeSpan : Max(stopAt - DateTime.UtcNow, TimeSpan.Zero);
-            var pending = exits.Where(e => !e.IsCompleted).Append(Task.Delay(wait, cancelled.Token)).ToList();
-            await Task.WhenAny(pending);
-
-            if (cancelled.IsCancellationRequested)
+            // Look before waiting, and wait only on exits not looked at yet: a rank that ends between this look and
+            // the wait then wakes the wait at once instead of being dropped from it unnoticed.
+            for (var rank = 0; rank < processes.Count; rank++)
             {
-                Write(_error, null, "granary launch: interrupted; killing all ranks.");
-                KillAll(processes, exits, killed);
-                await Task.WhenAll(exits);
-                return 130;
-            }
+                if (observed[rank] || !exits[rank].IsCompleted)
+                {
+                    continue;
+                }
 
-            for (var rank = 0; rank < processes.Count && !failed; rank++)
-            {
-                if (exits[rank].IsCompleted && processes[rank].ExitCode != 0)
+                observed[rank] = true;
+                if (!failed && processes[rank].ExitCode != 0)
                 {
                     failed = true;
                     stopAt = DateTime.UtcNow + killGrace;
@@ -76,6 +73,23 @@ internal sealed partial class RankProcesses
             {
                 KillAll(processes, exits, killed);
                 await Task.WhenAll(exits);
+            }
+
+            if (exits.All(e => e.IsCompleted))
+            {
+                break;
+            }
+
+            var wait = stopAt == DateTime.MaxValue ? Timeout.InfiniteTimeSpan : Max(stopAt - DateTime.UtcNow, TimeSpan.Zero);
+            var pending = exits.Where((_, rank) => !observed[rank]).Append(Task.Delay(wait, cancelled.Token)).ToList();
+            await Task.WhenAny(pending);
+
+            if (cancelled.IsCancellationRequested)
+            {
+                Write(_error, null, "granary launch: interrupted; killing all ranks.");
+                KillAll(processes, exits, killed);
+                await Task.WhenAll(exits);
+                return 130;
             }
         }
 
