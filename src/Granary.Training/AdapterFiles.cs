@@ -7,8 +7,8 @@ namespace Granary.Training;
 
 /// <summary>
 /// Adapters on disk, as mlx_lm writes them: adapters.safetensors with "{module}.lora_a" [in, rank] and
-/// "{module}.lora_b" [rank, out] (full fine-tuning: every trained weight under its Hugging Face name) and
-/// adapter_config.json with fine_tune_type, num_layers and lora_parameters {rank, scale, dropout, keys}.
+/// "{module}.lora_b" [rank, out] (DoRA adds "{module}.m" [out]; full fine-tuning: every trained weight under its Hugging
+/// Face name) and adapter_config.json with fine_tune_type, num_layers and lora_parameters {rank, scale, dropout, keys}.
 /// </summary>
 public static class AdapterFiles
 {
@@ -35,7 +35,7 @@ public static class AdapterFiles
         var options = model.Options;
         var config = new JsonObject
         {
-            ["fine_tune_type"] = options.Type == FineTuneType.Lora ? "lora" : "full",
+            ["fine_tune_type"] = options.Type switch { FineTuneType.Full => "full", FineTuneType.Dora => "dora", _ => "lora" },
             ["num_layers"] = options.Lora.LayerCount < 0 ? model.Layers.Count : options.Lora.LayerCount,
             ["lora_parameters"] = new JsonObject
             {
@@ -63,7 +63,13 @@ public static class AdapterFiles
             var lora = root["lora_parameters"]!.AsObject();
             var options = new FineTuneOptions
             {
-                Type = (string?)root["fine_tune_type"] == "full" ? FineTuneType.Full : FineTuneType.Lora,
+                Type = (string?)root["fine_tune_type"] switch
+                {
+                    "full" => FineTuneType.Full,
+                    "dora" => FineTuneType.Dora,
+                    null or "lora" => FineTuneType.Lora,
+                    var other => throw new FormatException($"fine_tune_type '{other}' is not lora, dora or full"),
+                },
                 Lora = new LoraOptions
                 {
                     Rank = (int)lora["rank"]!,

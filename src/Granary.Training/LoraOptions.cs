@@ -20,7 +20,11 @@ public sealed class LoraOptions
 
     public float Dropout { get; set; }
 
-    /// <summary>Module paths relative to a layer ("self_attn.q_proj"); adapters go on the linears they name.</summary>
+    /// <summary>
+    /// Module paths relative to a layer ("self_attn.q_proj"); adapters go on the linears they name. In a Qwen3-MoE
+    /// layer "mlp.gate_proj" (or "mlp.experts.gate_proj", experts only) reaches that projection of every expert, each
+    /// expert with its own adapter, and "mlp.gate" is the router.
+    /// </summary>
     public IReadOnlyList<string> Keys { get; set; } = DefaultKeys;
 
     /// <summary>How many final layers get adapters (mlx_lm --num-layers); -1 for all.</summary>

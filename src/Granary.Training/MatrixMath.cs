@@ -11,6 +11,19 @@ internal static unsafe class MatrixMath
     // Below this many multiply-adds a product runs on the calling thread: scheduling would cost more.
     private const long ParallelThreshold = 1 << 15;
 
+    // Per calling thread, so ranks that share a host (threads of one process, or a rank's own pass) each keep to
+    // their share of the cores; 0 uses them all.
+    [ThreadStatic]
+    private static int t_threadLimit;
+
+    /// <summary>Limits the products started from this thread to <paramref name="threads"/> cores (0: all) until disposed.</summary>
+    public static ThreadLimitScope LimitThreads(int threads)
+    {
+        var scope = new ThreadLimitScope(t_threadLimit);
+        t_threadLimit = Math.Max(0, threads);
+        return scope;
+    }
+
     /// <summary>c[m, n] (+)= sum_k a[m, k] * b[n, k]  (a [m, k], b [n, k]).</summary>
     public static void MultiplyTransposed(float* a, float* b, float* c, int m, int n, int k, bool accumulate = false)
     {
@@ -84,12 +97,25 @@ internal static unsafe class MatrixMath
             return;
         }
 
-        var chunks = Math.Min(count, Environment.ProcessorCount * 4);
-        Parallel.For(0, chunks, chunk =>
+        var threads = t_threadLimit > 0 ? t_threadLimit : Environment.ProcessorCount;
+        if (threads == 1)
+        {
+            body(0, count);
+            return;
+        }
+
+        var chunks = Math.Min(count, threads * 4);
+        Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = threads }, chunk =>
         {
             var start = (int)((long)count * chunk / chunks);
             var end = (int)((long)count * (chunk + 1) / chunks);
             body(start, end);
         });
+    }
+
+    /// <summary>Restores the previous limit of the thread that set one.</summary>
+    public readonly struct ThreadLimitScope(int previous) : IDisposable
+    {
+        public void Dispose() => t_threadLimit = previous;
     }
 }

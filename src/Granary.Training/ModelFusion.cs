@@ -8,8 +8,8 @@ using Granary.Tensors.Numerics;
 namespace Granary.Training;
 
 /// <summary>
-/// `granary fuse`: writes a model folder whose weights include the trained adapters (W + scale * B A) or the fully
-/// fine-tuned weights. Dense weights keep their dtype; an MLX-quantized weight that changes is written dense in bf16
+/// `granary fuse`: writes a model folder whose weights include the trained adapters (W + scale * B A; DoRA: its rows
+/// rescaled to the trained magnitudes m) or the fully fine-tuned weights. Dense weights keep their dtype; an MLX-quantized weight that changes is written dense in bf16
 /// (its .scales/.biases dropped; the loader treats a layer as quantized only when .scales exists).
 /// </summary>
 public static class ModelFusion
@@ -94,6 +94,16 @@ public static class ModelFusion
             fixed (float* b = scaledB, a = lora.A.Value, w = weight)
             {
                 MatrixMath.Multiply(b, a, w, linear.OutFeatures, linear.InFeatures, lora.Rank, accumulate: true);
+            }
+
+            if (lora.Magnitude is { } magnitude)
+            {
+                // DoRA: each row of W + scale B A rescaled to its trained magnitude.
+                for (var o = 0; o < linear.OutFeatures; o++)
+                {
+                    var row = weight.AsSpan(o * linear.InFeatures, linear.InFeatures);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(row, magnitude.Value[o] / System.Numerics.Tensors.TensorPrimitives.Norm(row), row);
+                }
             }
 
             result.Add(linear.Name + ".weight", weight);

@@ -3,8 +3,9 @@ using Granary.Tensors;
 namespace Granary.Training;
 
 /// <summary>
-/// A linear layer y = x W^T + b (+ scale * dropout(x) A^T B^T) in training. W is either a frozen model weight
-/// (read as f32 on each use; bf16 and MLX-quantized weights are converted on the fly) or a trainable f32 parameter.
+/// A linear layer y = x W^T + b (+ scale * dropout(x) A^T B^T; DoRA rescales the sum per output column to m /
+/// ||W + scale B A||, before the bias) in training. W is either a frozen model weight (read as f32 on each use; bf16
+/// and MLX-quantized weights are converted on the fly) or a trainable f32 parameter.
 /// </summary>
 public sealed unsafe class TrainableLinear
 {
@@ -71,6 +72,10 @@ public sealed unsafe class TrainableLinear
         {
             yield return Lora.A;
             yield return Lora.B;
+            if (Lora.Magnitude is not null)
+            {
+                yield return Lora.Magnitude;
+            }
         }
     }
 
@@ -79,23 +84,15 @@ public sealed unsafe class TrainableLinear
         var output = new float[rows * OutFeatures];
         fixed (float* x = input, y = output)
         {
-            using (var w = OpenWeight())
-            {
-                MatrixMath.MultiplyTransposed(x, w.Pointer, y, rows, OutFeatures, InFeatures);
-            }
-
-            if (Bias is not null)
-            {
-                for (var r = 0; r < rows; r++)
-                {
-                    System.Numerics.Tensors.TensorPrimitives.Add(output.AsSpan(r * OutFeatures, OutFeatures), Bias.Value, output.AsSpan(r * OutFeatures, OutFeatures));
-                }
-            }
+            using var w = OpenWeight();
+            MatrixMath.MultiplyTransposed(x, w.Pointer, y, rows, OutFeatures, InFeatures);
         }
 
         float[]? dropped = null;
         float[]? projected = null;
         bool[]? kept = null;
+        float[]? undecomposed = null;
+        float[]? inverseNorms = null;
         if (Lora is { } lora)
         {
             dropped = lora.Dropout > 0 && context.IsTraining ? context.Dropout(input, lora.Dropout, Name, out kept) : input;
@@ -107,10 +104,60 @@ public sealed unsafe class TrainableLinear
                 System.Numerics.Tensors.TensorPrimitives.Multiply(projected, lora.Scale, bScaled);
                 MatrixMath.MultiplyTransposed(xs, b, y, rows, OutFeatures, lora.Rank, accumulate: true);
             }
+
+            if (lora.Magnitude is { } magnitude)
+            {
+                // DoRA: every output column o is multiplied by m[o] / ||W + scale B A||_o (the bias comes after).
+                undecomposed = (float[])output.Clone();
+                inverseNorms = AdaptedRowNorms();
+                System.Numerics.Tensors.TensorPrimitives.Reciprocal(inverseNorms, inverseNorms);
+                var factor = new float[OutFeatures];
+                System.Numerics.Tensors.TensorPrimitives.Multiply(magnitude.Value, inverseNorms, factor);
+                for (var r = 0; r < rows; r++)
+                {
+                    var row = output.AsSpan(r * OutFeatures, OutFeatures);
+                    System.Numerics.Tensors.TensorPrimitives.Multiply(row, factor, row);
+                }
+            }
         }
 
-        tape = new LinearTape(input, rows, dropped, projected, kept);
+        if (Bias is not null)
+        {
+            for (var r = 0; r < rows; r++)
+            {
+                System.Numerics.Tensors.TensorPrimitives.Add(output.AsSpan(r * OutFeatures, OutFeatures), Bias.Value, output.AsSpan(r * OutFeatures, OutFeatures));
+            }
+        }
+
+        tape = new LinearTape(input, rows, dropped, projected, kept, undecomposed, inverseNorms);
         return output;
+    }
+
+    /// <summary>||W + scale B A|| of every output row, in f32 (DoRA's denominator; B A is formed one row at a time).</summary>
+    internal float[] AdaptedRowNorms()
+    {
+        var lora = Lora ?? throw new InvalidOperationException($"{Name} has no adapter.");
+        var norms = new float[OutFeatures];
+        using var w = OpenWeight();
+        var weight = w.Pointer;
+        var (inFeatures, rank, scale) = (InFeatures, lora.Rank, lora.Scale);
+        var a = lora.A.Value;
+        var b = lora.B.Value;
+        MatrixMath.For(OutFeatures, (long)inFeatures * (rank + 1), (start, end) =>
+        {
+            var row = new float[inFeatures];
+            for (var o = start; o < end; o++)
+            {
+                new ReadOnlySpan<float>(weight + ((long)o * inFeatures), inFeatures).CopyTo(row);
+                for (var k = 0; k < rank; k++)
+                {
+                    System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(a.AsSpan(k * inFeatures, inFeatures), scale * b[(o * rank) + k], row, row);
+                }
+
+                norms[o] = System.Numerics.Tensors.TensorPrimitives.Norm(row);
+            }
+        });
+        return norms;
     }
 
     /// <summary>Accumulates parameter gradients; returns dL/dx when <paramref name="needInputGradient"/>.</summary>
@@ -118,6 +165,37 @@ public sealed unsafe class TrainableLinear
     {
         var rows = tape.Rows;
         float[]? inputGradient = needInputGradient ? new float[rows * InFeatures] : null;
+        if (Bias?.Gradient is { } biasGradient)
+        {
+            for (var r = 0; r < rows; r++)
+            {
+                System.Numerics.Tensors.TensorPrimitives.Add(biasGradient, outputGradient.AsSpan(r * OutFeatures, OutFeatures), biasGradient);
+            }
+        }
+
+        if (Lora?.Magnitude is { } magnitude)
+        {
+            // y = (m / n) * u with n constant: dm += sum_rows dy * u / n, du = dy * m / n.
+            var inverseNorms = tape.InverseNorms!;
+            var factor = new float[OutFeatures];
+            System.Numerics.Tensors.TensorPrimitives.Multiply(magnitude.Value, inverseNorms, factor);
+            var magnitudeGradient = magnitude.Gradient!;
+            var undecomposedGradient = new float[outputGradient.Length];
+            for (var r = 0; r < rows; r++)
+            {
+                var gradient = outputGradient.AsSpan(r * OutFeatures, OutFeatures);
+                var undecomposed = tape.Undecomposed.AsSpan(r * OutFeatures, OutFeatures);
+                for (var o = 0; o < OutFeatures; o++)
+                {
+                    magnitudeGradient[o] += gradient[o] * undecomposed[o] * inverseNorms[o];
+                }
+
+                System.Numerics.Tensors.TensorPrimitives.Multiply(gradient, factor, undecomposedGradient.AsSpan(r * OutFeatures, OutFeatures));
+            }
+
+            outputGradient = undecomposedGradient;
+        }
+
         fixed (float* dy = outputGradient, x = tape.Input)
         {
             if (Weight is not null)
@@ -125,14 +203,6 @@ public sealed unsafe class TrainableLinear
                 fixed (float* dw = Weight.Gradient)
                 {
                     MatrixMath.AccumulateTransposedLeft(dy, x, dw, OutFeatures, InFeatures, rows);
-                }
-            }
-
-            if (Bias?.Gradient is { } biasGradient)
-            {
-                for (var r = 0; r < rows; r++)
-                {
-                    System.Numerics.Tensors.TensorPrimitives.Add(biasGradient, outputGradient.AsSpan(r * OutFeatures, OutFeatures), biasGradient);
                 }
             }
 
@@ -207,20 +277,30 @@ public sealed unsafe class TrainableLinear
     }
 }
 
-/// <summary>What a linear layer's backward needs from its forward.</summary>
-internal readonly record struct LinearTape(float[] Input, int Rows, float[]? Dropped, float[]? Projected, bool[]? Kept);
+/// <summary>
+/// What a linear layer's backward needs from its forward; DoRA adds the output before its rescaling and
+/// 1 / ||W + scale B A|| per output column.
+/// </summary>
+internal readonly record struct LinearTape(float[] Input, int Rows, float[]? Dropped, float[]? Projected, bool[]? Kept, float[]? Undecomposed, float[]? InverseNorms);
 
-/// <summary>The adapter of one linear: A [rank, in], B [out, rank] (peft's layout; mlx_lm stores the transposes).</summary>
+/// <summary>
+/// The adapter of one linear: A [rank, in], B [out, rank] (peft's layout; mlx_lm stores the transposes), and for DoRA
+/// the magnitude m [out] (mlx_lm's "m", peft's lora_magnitude_vector).
+/// </summary>
 public sealed class LoraAdapter
 {
-    internal LoraAdapter(string module, int inFeatures, int outFeatures, int rank, float scale, float dropout)
+    internal LoraAdapter(string module, int inFeatures, int outFeatures, int rank, float scale, float dropout, bool decomposed = false)
     {
         Rank = rank;
         Scale = scale;
         Dropout = dropout;
         A = new Parameter(module + ".lora_a", new float[rank * inFeatures], [rank, inFeatures], trainable: true);
         B = new Parameter(module + ".lora_b", new float[outFeatures * rank], [outFeatures, rank], trainable: true);
+        Magnitude = decomposed ? new Parameter(module + ".m", new float[outFeatures], [outFeatures], trainable: true) : null;
     }
+
+    /// <summary>DoRA's trained row magnitudes; null for plain LoRA.</summary>
+    public Parameter? Magnitude { get; }
 
     public int Rank { get; }
 

@@ -77,7 +77,7 @@ public sealed class TrainingModel
         var training = new TrainingModel(config, options, full ? null : sourceEmbedding, embedding, layers, finalNorm, head);
         if (!full)
         {
-            training.AttachAdapters(options.Lora, options.Seed);
+            training.AttachAdapters(options.Lora, options.Seed, decomposed: options.Type == FineTuneType.Dora);
         }
 
         return training;
@@ -108,6 +108,7 @@ public sealed class TrainingModel
     private (double LossSum, int Tokens) Run(TokenBatch batch, float? gradientScale, ulong seed)
     {
         ArgumentNullException.ThrowIfNull(batch);
+        using var threads = MatrixMath.LimitThreads(Options.Threads);
         var shape = new BatchShape(batch.BatchSize, batch.Length);
         var (targetRows, targets) = batch.Targets();
         if (targets.Length == 0)
@@ -226,7 +227,7 @@ public sealed class TrainingModel
         return hidden;
     }
 
-    private void AttachAdapters(LoraOptions lora, int seed)
+    private void AttachAdapters(LoraOptions lora, int seed, bool decomposed)
     {
         var first = lora.LayerCount < 0 ? 0 : Math.Max(0, Layers.Count - lora.LayerCount);
         var random = new Random(seed);
@@ -236,14 +237,14 @@ public sealed class TrainingModel
             var prefix = $"model.layers.{layer.Index}.";
             foreach (var linear in layer.Linears())
             {
-                var key = linear.Name[prefix.Length..];
-                if (!lora.Keys.Contains(key))
+                var keys = lora.Keys.Where(k => KeyMatches(k, linear.Name[prefix.Length..])).ToArray();
+                if (keys.Length == 0)
                 {
                     continue;
                 }
 
-                matched.Add(key);
-                var adapter = new LoraAdapter(linear.Name, linear.InFeatures, linear.OutFeatures, lora.Rank, lora.Scale, lora.Dropout);
+                matched.UnionWith(keys);
+                var adapter = new LoraAdapter(linear.Name, linear.InFeatures, linear.OutFeatures, lora.Rank, lora.Scale, lora.Dropout, decomposed);
                 var bound = 1 / MathF.Sqrt(linear.InFeatures);
                 foreach (ref var a in adapter.A.Value.AsSpan())
                 {
@@ -251,6 +252,11 @@ public sealed class TrainingModel
                 }
 
                 linear.AttachLora(adapter);
+                if (adapter.Magnitude is { } magnitude)
+                {
+                    // B starts at zero, so ||W + scale B A|| = ||W||: the adapted layer starts equal to the base one.
+                    linear.AdaptedRowNorms().CopyTo(magnitude.Value, 0);
+                }
             }
         }
 
@@ -259,7 +265,21 @@ public sealed class TrainingModel
         {
             throw new ArgumentException(
                 $"LoRA keys match no linear of layers {first}..{Layers.Count - 1}: {string.Join(", ", unknown)}. "
-                + "Keys are paths inside a layer such as self_attn.q_proj or mlp.down_proj.");
+                + "Keys are paths inside a layer such as self_attn.q_proj, mlp.down_proj, mlp.experts.down_proj (experts only) or mlp.gate (the MoE router).");
         }
+    }
+
+    // "mlp.experts.3.gate_proj" is matched by "mlp.experts.gate_proj" and by "mlp.gate_proj" (as peft maps the dense
+    // projections onto a mixture's experts); every other linear by its own path.
+    private static bool KeyMatches(string key, string path)
+    {
+        const string experts = "mlp.experts.";
+        if (!path.StartsWith(experts, StringComparison.Ordinal))
+        {
+            return key == path;
+        }
+
+        var projection = path[(path.IndexOf('.', experts.Length) + 1)..];
+        return key == experts + projection || key == "mlp." + projection;
     }
 }

@@ -6,8 +6,10 @@ public sealed class GradientTests
     [Theory]
     [InlineData("llama", FineTuneType.Lora, 0.0f, false)]
     [InlineData("qwen2", FineTuneType.Lora, 0.2f, true)]
+    [InlineData("qwen2", FineTuneType.Dora, 0.2f, false)]
     [InlineData("qwen3_moe", FineTuneType.Full, 0.0f, false)]
     [InlineData("qwen3_q4_g64", FineTuneType.Lora, 0.0f, true)]
+    [InlineData("qwen3_q4_g64", FineTuneType.Dora, 0.0f, true)]
     [InlineData("llama_tied", FineTuneType.Full, 0.0f, true)]
     public void GradientMatchesFiniteDifferences(string name, FineTuneType type, float dropout, bool checkpointing)
     {
@@ -22,34 +24,91 @@ public sealed class GradientTests
         {
             reference.SetInitialAdapters(model);
         }
-
-        var batch = reference.Batch();
-        const ulong seed = 11;
-        model.AccumulateGradients(batch, 1f, seed);
-        var parameters = model.TrainableParameters;
-        var gradients = parameters.Select(p => (float[])p.Gradient!.Clone()).ToArray();
-
-        // A random unit direction over every trained value; the slope along it is g . d.
-        var random = new Random(5);
-        var directions = parameters.Select(p => p.Value.Select(_ => (float)random.NextDouble() - 0.5f).ToArray()).ToArray();
-        var norm = Math.Sqrt(directions.Sum(d => d.Sum(x => (double)x * x)));
-        double analytic = 0;
-        for (var i = 0; i < parameters.Count; i++)
+        else if (type == FineTuneType.Dora)
         {
-            for (var j = 0; j < directions[i].Length; j++)
-            {
-                directions[i][j] = (float)(directions[i][j] / norm);
-                analytic += gradients[i][j] * (double)directions[i][j];
-            }
+            TestAdapters.Randomize(model, seed: 3);
         }
 
-        const float step = 1e-2f;
-        var plus = LossAfterShift(model, parameters, directions, step, batch, seed);
-        var minus = LossAfterShift(model, parameters, directions, -step, batch, seed);
-        var numeric = (plus - minus) / (2 * step);
+        const ulong seed = 11;
+        model.AccumulateGradients(reference.Batch(), 1f, seed);
 
-        Assert.True(Math.Abs(analytic) > 1e-3, $"slope {analytic} too small to test");
-        Assert.True(Math.Abs(numeric - analytic) < 1e-2 * Math.Abs(analytic), $"{name}: finite difference {numeric} vs analytic {analytic}");
+        AssertSlopeMatchesFiniteDifference(model, model.TrainableParameters, reference.Batch(), seed, name);
+    }
+
+    // LoRA (and DoRA) on the router and every expert of the Qwen3-MoE layers, and on attention: each group's slope on
+    // its own, so the router's small share cannot hide behind the experts'.
+    [Theory]
+    [InlineData(FineTuneType.Lora, false)]
+    [InlineData(FineTuneType.Dora, true)]
+    public void MixtureAdapterGradientsMatchFiniteDifferences(FineTuneType type, bool checkpointing)
+    {
+        using var reference = ReferenceData.Load("qwen3_moe");
+        using var loaded = ReferenceData.LoadModel("qwen3_moe");
+        var model = TrainingModel.Create(loaded.Model, new FineTuneOptions
+        {
+            Type = type, GradientCheckpointing = checkpointing, Lora = new LoraOptions { Rank = 4, Scale = 2, Keys = TestAdapters.MixtureKeys },
+        });
+        TestAdapters.Randomize(model, seed: 3);
+        const ulong seed = 0;
+        model.AccumulateGradients(reference.Batch(), 1f, seed);
+
+        var groups = new (string Group, Func<Parameter, bool> Member)[]
+        {
+            ("router", p => p.Name.Contains(".mlp.gate.", StringComparison.Ordinal)),
+            ("experts", p => p.Name.Contains(".mlp.experts.", StringComparison.Ordinal)),
+            ("attention", p => p.Name.Contains(".self_attn.", StringComparison.Ordinal)),
+            ("magnitudes", p => p.Name.EndsWith(".m", StringComparison.Ordinal)),
+        };
+        foreach (var (group, member) in groups)
+        {
+            var parameters = model.TrainableParameters.Where(member).ToArray();
+            if (group == "magnitudes" && type == FineTuneType.Lora)
+            {
+                Assert.Empty(parameters);
+                continue;
+            }
+
+            Assert.NotEmpty(parameters);
+            AssertSlopeMatchesFiniteDifference(model, parameters, reference.Batch(), seed, $"qwen3_moe {type} {group}");
+        }
+    }
+
+    [Fact]
+    public void MixtureKeysReachEveryExpertAndTheRouter()
+    {
+        using var loaded = ReferenceData.LoadModel("qwen3_moe");
+        string[] mixtureLayers = ["0", "2"];  // layer 1 is in mlp_only_layers: a dense MLP
+        var experts = Enumerable.Range(0, 8).ToArray();
+
+        var routerAndExperts = TrainingModel.Create(loaded.Model, new FineTuneOptions { Lora = new LoraOptions { Rank = 2, Keys = ["mlp.gate", "mlp.experts.down_proj"] } });
+        var everyDown = TrainingModel.Create(loaded.Model, new FineTuneOptions { Lora = new LoraOptions { Rank = 2, Keys = ["mlp.down_proj"] } });
+
+        Assert.Equal(
+            mixtureLayers.SelectMany(l => experts.Select(e => $"model.layers.{l}.mlp.experts.{e}.down_proj").Append($"model.layers.{l}.mlp.gate")).Order(StringComparer.Ordinal),
+            routerAndExperts.AdaptedLinears.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(
+            mixtureLayers.SelectMany(l => experts.Select(e => $"model.layers.{l}.mlp.experts.{e}.down_proj")).Append("model.layers.1.mlp.down_proj").Order(StringComparer.Ordinal),
+            everyDown.AdaptedLinears.Keys.Order(StringComparer.Ordinal));
+        var distinct = routerAndExperts.TrainableParameters.Select(p => p.Value).Distinct(ReferenceEqualityComparer.Instance).Count();
+        Assert.Equal(routerAndExperts.TrainableParameters.Count, distinct);
+    }
+
+    [Fact]
+    public void DoraStartsAsTheBaseModel()
+    {
+        using var reference = ReferenceData.Load("qwen2");
+        using var loaded = ReferenceData.LoadModel("qwen2");
+        var batch = reference.Batch();
+        var plain = TrainingModel.Create(loaded.Model, new FineTuneOptions { Type = FineTuneType.Lora });
+        var dora = TrainingModel.Create(loaded.Model, new FineTuneOptions { Type = FineTuneType.Dora });
+
+        var expected = plain.Evaluate(batch).LossSum;
+        var actual = dora.Evaluate(batch).LossSum;
+
+        Assert.Equal(expected, actual, 1e-5 * expected);
+        var query = dora.AdaptedLinears["model.layers.0.self_attn.q_proj"];
+        Assert.Equal(query.OutFeatures, query.Lora!.Magnitude!.Value.Length);
+        Assert.All(dora.AdaptedLinears.Values, l => Assert.All(l.Lora!.Magnitude!.Value, m => Assert.True(m > 0)));
     }
 
     [Fact]
@@ -93,19 +152,62 @@ public sealed class GradientTests
         Assert.Throws<ArgumentException>(() => TrainingModel.Create(loaded.Model, new FineTuneOptions { Lora = new LoraOptions { Keys = ["self_attn.qkv"] } }));
     }
 
+    /// <summary>
+    /// The gradients already accumulated in <paramref name="parameters"/> against central differences of the loss along
+    /// a random unit direction over them.
+    /// </summary>
+    private static void AssertSlopeMatchesFiniteDifference(TrainingModel model, IReadOnlyList<Parameter> parameters, TokenBatch batch, ulong seed, string label)
+    {
+        var gradients = parameters.Select(p => (float[])p.Gradient!.Clone()).ToArray();
+        var random = new Random(5);
+        var directions = parameters.Select(p => p.Value.Select(_ => (float)random.NextDouble() - 0.5f).ToArray()).ToArray();
+        var norm = Math.Sqrt(directions.Sum(d => d.Sum(x => (double)x * x)));
+        double analytic = 0;
+        for (var i = 0; i < parameters.Count; i++)
+        {
+            for (var j = 0; j < directions[i].Length; j++)
+            {
+                directions[i][j] = (float)(directions[i][j] / norm);
+                analytic += gradients[i][j] * (double)directions[i][j];
+            }
+        }
+
+        const float step = 1e-2f;
+        var plus = LossAfterShift(model, parameters, directions, step, batch, seed);
+        var minus = LossAfterShift(model, parameters, directions, -step, batch, seed);
+        var numeric = (plus - minus) / (2 * step);
+
+        Assert.True(Math.Abs(analytic) > 1e-3, $"{label}: slope {analytic} too small to test");
+        Assert.True(Math.Abs(numeric - analytic) < 1e-2 * Math.Abs(analytic), $"{label}: finite difference {numeric} vs analytic {analytic}");
+    }
+
     private static double LossAfterShift(TrainingModel model, IReadOnlyList<Parameter> parameters, float[][] directions, float step, TokenBatch batch, ulong seed)
     {
-        var saved = parameters.Select(p => (float[])p.Value.Clone()).ToArray();
+        // DoRA's gradient treats ||W + scale B A|| as a constant (as peft and mlx_lm do), so the function to difference
+        // keeps each layer's factor m / ||W + scale B A|| at the unshifted norms: m is scaled by new norm / old norm.
+        var decomposed = model.AdaptedLinears.Values.Where(l => l.Lora!.Magnitude is not null).ToArray();
+        var unshiftedNorms = decomposed.Select(l => l.AdaptedRowNorms()).ToArray();
+        var saved = parameters.Concat(decomposed.Select(l => l.Lora!.Magnitude!)).Distinct().Select(p => (p, (float[])p.Value.Clone())).ToArray();
         for (var i = 0; i < parameters.Count; i++)
         {
             System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(directions[i], step, parameters[i].Value, parameters[i].Value);
         }
 
+        for (var i = 0; i < decomposed.Length; i++)
+        {
+            var magnitude = decomposed[i].Lora!.Magnitude!.Value;
+            var shiftedNorms = decomposed[i].AdaptedRowNorms();
+            for (var o = 0; o < magnitude.Length; o++)
+            {
+                magnitude[o] *= shiftedNorms[o] / unshiftedNorms[i][o];
+            }
+        }
+
         // The training forward, so dropout draws the same mask as the gradient did.
         var (loss, _) = model.AccumulateGradients(batch, 0f, seed);
-        for (var i = 0; i < parameters.Count; i++)
+        foreach (var (parameter, values) in saved)
         {
-            saved[i].CopyTo(parameters[i].Value, 0);
+            values.CopyTo(parameter.Value, 0);
         }
 
         return loss;

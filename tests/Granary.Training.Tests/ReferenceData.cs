@@ -29,6 +29,10 @@ internal sealed class ReferenceData : IDisposable
 
     public double Loss => Summary.GetProperty("loss").GetDouble();
 
+    /// <summary>Whether make_training_reference.py has written this model's or variant's outputs.</summary>
+    public static bool Exists(string name) =>
+        File.Exists(Path.Combine(Root, name + ".json")) && File.Exists(Path.Combine(Root, name + ".safetensors"));
+
     public static ReferenceData Load(string name)
     {
         var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(Root, name + ".json"))).RootElement.Clone();
@@ -36,6 +40,9 @@ internal sealed class ReferenceData : IDisposable
     }
 
     public static LoadedModel LoadModel(string name) => ModelLoader.Load(Path.Combine(ModelsRoot, name), new CpuBackend(2));
+
+    /// <summary>The model of tests/reference/models this reference was made from (a variant names its base model).</summary>
+    public LoadedModel LoadModel() => LoadModel(Summary.TryGetProperty("base_model", out var model) ? model.GetString()! : Name);
 
     public TokenBatch Batch()
     {
@@ -49,12 +56,14 @@ internal sealed class ReferenceData : IDisposable
         var lora = Summary.GetProperty("lora");
         return new FineTuneOptions
         {
-            Type = FineTuneType.Lora,
+            Type = lora.TryGetProperty("use_dora", out var dora) && dora.GetBoolean() ? FineTuneType.Dora : FineTuneType.Lora,
             Lora = new LoraOptions
             {
                 Rank = lora.GetProperty("rank").GetInt32(),
                 Scale = Training.LoraOptions.FromAlpha((float)lora.GetProperty("alpha").GetDouble(), lora.GetProperty("rank").GetInt32()),
-                Keys = [.. lora.GetProperty("target_modules").EnumerateArray().Select(k => KeyOf(k.GetString()!))],
+                Keys = lora.TryGetProperty("granary_keys", out var keys)
+                    ? [.. keys.EnumerateArray().Select(k => k.GetString()!)]
+                    : [.. lora.GetProperty("target_modules").EnumerateArray().Select(k => KeyOf(k.GetString()!))],
             },
         };
     }
@@ -68,16 +77,28 @@ internal sealed class ReferenceData : IDisposable
         return MemoryMarshal.Cast<byte, float>(_tensors.GetBytes(name)).ToArray();
     }
 
-    /// <summary>Sets every adapter to the reference's initial A and B.</summary>
+    /// <summary>Sets every adapter to the reference's initial A and B (and DoRA magnitude).</summary>
     public void SetInitialAdapters(TrainingModel model)
     {
         var adapted = model.AdaptedLinears;
         Assert.Equal(Modules.Order(StringComparer.Ordinal), adapted.Keys.Order(StringComparer.Ordinal));
         foreach (var module in Modules)
         {
-            var lora = adapted[module].Lora!;
-            Tensor($"lora_init/{module}.lora_A").CopyTo(lora.A.Value, 0);
-            Tensor($"lora_init/{module}.lora_B").CopyTo(lora.B.Value, 0);
+            foreach (var (parameter, part) in Parts(adapted[module].Lora!))
+            {
+                Tensor($"lora_init/{module}.{part}").CopyTo(parameter.Value, 0);
+            }
+        }
+    }
+
+    /// <summary>An adapter's trained tensors with the names the reference gives them.</summary>
+    public static IEnumerable<(Parameter Parameter, string Part)> Parts(LoraAdapter lora)
+    {
+        yield return (lora.A, "lora_A");
+        yield return (lora.B, "lora_B");
+        if (lora.Magnitude is not null)
+        {
+            yield return (lora.Magnitude, "lora_magnitude");
         }
     }
 

@@ -38,20 +38,39 @@ public sealed class TrainerTests : IDisposable
     }
 
     [Theory]
-    [InlineData("llama", 1e-5)]
-    [InlineData("qwen3_q4_g64", 2e-2)]
-    public void FusedModelComputesWhatTheAdaptersDid(string name, double tolerance)
+    [InlineData("llama", FineTuneType.Lora, 1e-5)]
+    [InlineData("qwen3_q4_g64", FineTuneType.Lora, 2e-2)]
+    [InlineData("qwen2", FineTuneType.Dora, 1e-5)]
+    [InlineData("qwen3_q4_g64", FineTuneType.Dora, 2e-2)]
+    [InlineData("qwen3_moe", FineTuneType.Lora, 1e-5)]
+    public void FusedModelComputesWhatTheAdaptersDid(string name, FineTuneType type, double tolerance)
     {
         using var reference = ReferenceData.Load(name);
         var modelDirectory = Path.Combine(ReferenceData.ModelsRoot, name);
-        var adapters = Path.Combine(_directory, "adapters-" + name);
-        var fused = Path.Combine(_directory, "fused-" + name);
+        var adapters = Path.Combine(_directory, $"adapters-{name}-{type}");
+        var fused = Path.Combine(_directory, $"fused-{name}-{type}");
         var batch = reference.Batch();
         double adaptedLoss;
         using (var loaded = ReferenceData.LoadModel(name))
         {
-            var model = TrainingModel.Create(loaded.Model, reference.LoraOptions());
-            reference.SetInitialAdapters(model);
+            var options = reference.LoraOptions();
+            options.Type = type;
+            if (name == "qwen3_moe")
+            {
+                // The router and every expert, saved per expert and fused into each expert's weights.
+                options.Lora.Keys = TestAdapters.MixtureKeys;
+            }
+
+            var model = TrainingModel.Create(loaded.Model, options);
+            if (type == FineTuneType.Lora && name != "qwen3_moe")
+            {
+                reference.SetInitialAdapters(model);
+            }
+            else
+            {
+                TestAdapters.Randomize(model, seed: 4);
+            }
+
             adaptedLoss = model.Evaluate(batch).LossSum;
             AdapterFiles.Save(model, adapters);
         }

@@ -7,10 +7,10 @@ using Granary.Training;
 
 namespace Granary.Cli.Commands;
 
-/// <summary>`granary lora`: LoRA / QLoRA / full fine-tuning on one host, like mlx_lm.lora.</summary>
+/// <summary>`granary lora`: LoRA / QLoRA / DoRA / full fine-tuning, like mlx_lm.lora; data parallel under `granary launch`.</summary>
 internal static class LoraCommand
 {
-    public const string Summary = "fine-tune with LoRA (or --fine-tune-type full) on --data DIR; --train and/or --test";
+    public const string Summary = "fine-tune with LoRA (or --fine-tune-type dora|full) on --data DIR; --train and/or --test";
 
     private static readonly string[] ValueOptions =
     [
@@ -46,6 +46,7 @@ internal static class LoraCommand
         {
             // Testing trained adapters: their own config decides the shape of the adapters.
             fineTune = AdapterFiles.ReadOptions(trainer.AdapterPath);
+            fineTune.Threads = arguments.GetInt("--threads", 0);
         }
 
         var model = TrainingModel.Create(loaded.Model, fineTune);
@@ -101,11 +102,13 @@ internal static class LoraCommand
             Type = type switch
             {
                 "lora" => FineTuneType.Lora,
+                "dora" => FineTuneType.Dora,
                 "full" => FineTuneType.Full,
-                _ => throw new UsageException($"--fine-tune-type must be lora or full, not '{type}'."),
+                _ => throw new UsageException($"--fine-tune-type must be lora, dora or full, not '{type}'."),
             },
             GradientCheckpointing = arguments.Has("--grad-checkpoint"),
             Seed = arguments.GetInt("--seed", 0),
+            Threads = arguments.GetInt("--threads", 0),  // ranks launched on one host divide its cores: --threads N each
             Lora = new LoraOptions
             {
                 Rank = rank,
