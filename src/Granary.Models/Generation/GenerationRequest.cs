@@ -62,6 +62,16 @@ public readonly record struct GeneratedToken(int Id, string Text)
     public bool HasToken => Id != NoToken;
 }
 
+/// <summary>What <see cref="TextGenerator.GenerateBatch"/> produced for one request: the items a stream would have given, and its counts.</summary>
+public sealed record GeneratedSequence(IReadOnlyList<GeneratedToken> Tokens, GenerationStatistics Statistics)
+{
+    /// <summary>The ids generated, in order.</summary>
+    public IEnumerable<int> TokenIds => Tokens.Where(t => t.HasToken).Select(t => t.Id);
+
+    /// <summary>The whole text.</summary>
+    public string Text => string.Concat(Tokens.Select(t => t.Text));
+}
+
 /// <summary>Why generation ended.</summary>
 public enum FinishReason
 {

@@ -44,18 +44,110 @@ public sealed class TextGenerator
         }
     }
 
+    /// <summary>
+    /// Generates for several requests together: their prompts run in one batched prefill and their decode steps in one
+    /// batched forward pass each, until every one has finished. Each request keeps its own sampler and seed, so its
+    /// tokens are those <see cref="Generate"/> gives it alone. On a sharded model every rank calls this with the same
+    /// requests in lockstep; under pipeline parallelism the batch moves through the stages in micro-batches and only
+    /// the sampled ids come back from the last stage.
+    /// </summary>
+    public IReadOnlyList<GeneratedSequence> GenerateBatch(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        var vocabularySize = _model.Config.VocabularySize;
+        var maxPositions = _model.Config.MaxPositionEmbeddings;
+        foreach (var request in requests)
+        {
+            GeneratingSequence.Validate(request, vocabularySize, _tokenizer);
+            if (request.PromptIds.Count >= maxPositions)
+            {
+                throw new ArgumentException($"A prompt has {request.PromptIds.Count} tokens; the model's context holds {maxPositions}.");
+            }
+        }
+
+        var outputs = requests.Select(_ => new List<GeneratedToken>()).ToArray();
+        var statistics = requests.Select(_ => new GenerationStatistics()).ToArray();
+        var sequences = new GeneratingSequence[requests.Count];
+        var caches = new KvCache?[requests.Count];
+        try
+        {
+            var active = new List<int>();
+            for (var i = 0; i < requests.Count; i++)
+            {
+                var maxTokens = Math.Min(requests[i].MaxTokens, maxPositions - requests[i].PromptIds.Count);
+                sequences[i] = new GeneratingSequence(requests[i], maxTokens, vocabularySize, _tokenizer, _endOfSequenceIds, statistics[i]);
+                if (maxTokens > 0)
+                {
+                    caches[i] = _model.CreateCache(requests[i].PromptIds.Count + maxTokens);
+                    active.Add(i);
+                }
+            }
+
+            BatchTokenSampler sampler = (index, logits) => sequences[active[index]].Sample(logits);
+            var batch = new BatchedSequence[active.Count];
+            var next = new int[active.Count];
+            var clock = Stopwatch.StartNew();
+            for (var j = 0; j < active.Count; j++)
+            {
+                batch[j] = new BatchedSequence(caches[active[j]]!, sequences[active[j]].Tokens);
+            }
+
+            if (active.Count > 0)
+            {
+                _model.ForwardBatch(batch.AsSpan(0, active.Count), sampler, next.AsSpan(0, active.Count));
+            }
+
+            foreach (var i in active)
+            {
+                statistics[i].PrefillTime = clock.Elapsed;
+            }
+
+            var start = clock.Elapsed;
+            while (active.Count > 0)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var kept = 0;
+                for (var j = 0; j < active.Count; j++)
+                {
+                    var i = active[j];
+                    if (sequences[i].Accept(next[j], out var token))
+                    {
+                        outputs[i].Add(token);
+                    }
+
+                    statistics[i].DecodeTime = clock.Elapsed - start;
+                    if (!sequences[i].Finished)
+                    {
+                        active[kept] = i;
+                        batch[kept++] = new BatchedSequence(caches[i]!, sequences[i].LastToken);
+                    }
+                }
+
+                active.RemoveRange(kept, active.Count - kept);
+                if (kept > 0)
+                {
+                    _model.ForwardBatch(batch.AsSpan(0, kept), sampler, next.AsSpan(0, kept));
+                }
+            }
+
+            return [.. outputs.Select((tokens, i) => new GeneratedSequence(tokens, statistics[i]))];
+        }
+        finally
+        {
+            foreach (var cache in caches)
+            {
+                cache?.Dispose();
+            }
+        }
+    }
+
     private IEnumerable<GeneratedToken> GenerateCore(
         GenerationRequest request,
         GenerationStatistics statistics,
         CancellationToken cancellationToken)
     {
         var vocabularySize = _model.Config.VocabularySize;
-        request.Validate(vocabularySize);
-        if (request.StopStrings.Count > 0 && _tokenizer is null)
-        {
-            throw new ArgumentException("Stop strings need a tokenizer, and this model has none.");
-        }
-
+        GeneratingSequence.Validate(request, vocabularySize, _tokenizer);
         var promptLength = request.PromptIds.Count;
         var maxPositions = _model.Config.MaxPositionEmbeddings;
         if (promptLength >= maxPositions)
@@ -65,72 +157,40 @@ public sealed class TextGenerator
         }
 
         var maxTokens = Math.Min(request.MaxTokens, maxPositions - promptLength);
-        statistics.PromptTokens = promptLength;
-        statistics.FinishReason = FinishReason.Length;
+        var sequence = new GeneratingSequence(request, maxTokens, vocabularySize, _tokenizer, _endOfSequenceIds, statistics);
         if (maxTokens == 0)
         {
             yield break;
         }
 
-        var sampler = new Sampler(request.Sampling, vocabularySize);
-        var decoder = _tokenizer?.CreateStreamingDecoder();
-        var stops = new StopStringMatcher(request.StopStrings);
-        var history = new int[promptLength + maxTokens];
-        for (var i = 0; i < promptLength; i++)
-        {
-            history[i] = request.PromptIds[i];
-        }
-
-        var logits = new float[vocabularySize];
+        // The token path of the forward pass: under pipeline parallelism the last stage samples and only the id comes back.
+        BatchTokenSampler sampler = (_, logits) => sequence.Sample(logits);
+        var next = new int[1];
         using var cache = _model.CreateCache(promptLength + maxTokens);
         var clock = Stopwatch.StartNew();
-        _model.Forward(history.AsSpan(0, promptLength), cache, logits);
+        Step(cache, sequence.Tokens, sampler, next);
         statistics.PrefillTime = clock.Elapsed;
         clock.Restart();
 
-        var length = promptLength;
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var next = sampler.Sample(logits, history.AsSpan(0, length));
-            if (request.StopAtEndOfSequence && (_endOfSequenceIds.Contains(next) || request.StopTokenIds.Contains(next)))
-            {
-                statistics.FinishReason = FinishReason.Stop;
-                break;
-            }
-
-            history[length++] = next;
-            statistics.GeneratedTokens++;
-            var text = decoder is null ? string.Empty : stops.Push(decoder.Push(next));
-            if (stops.Stopped)
-            {
-                statistics.FinishReason = FinishReason.Stop;
-                statistics.DecodeTime = clock.Elapsed;
-                yield return new GeneratedToken(next, text);
-                yield break;
-            }
-
-            if (length - promptLength == maxTokens)
-            {
-                var rest = decoder is null ? string.Empty : text + stops.Push(decoder.Flush()) + stops.Flush();
-                statistics.DecodeTime = clock.Elapsed;
-                yield return new GeneratedToken(next, rest);
-                yield break;
-            }
-
+            var emit = sequence.Accept(next[0], out var token);
             statistics.DecodeTime = clock.Elapsed;
-            yield return new GeneratedToken(next, text);
-            _model.Forward(history.AsSpan(length - 1, 1), cache, logits);
-        }
-
-        statistics.DecodeTime = clock.Elapsed;
-        if (decoder is not null)
-        {
-            var tail = stops.Push(decoder.Flush()) + stops.Flush();
-            if (tail.Length > 0)
+            if (emit)
             {
-                yield return new GeneratedToken(GeneratedToken.NoToken, tail);
+                yield return token;
             }
+
+            if (sequence.Finished)
+            {
+                yield break;
+            }
+
+            Step(cache, sequence.LastToken, sampler, next);
         }
     }
+
+    private void Step(KvCache cache, ReadOnlyMemory<int> ids, BatchTokenSampler sampler, int[] next) =>
+        _model.ForwardBatch([new BatchedSequence(cache, ids)], sampler, next);
 }

@@ -143,13 +143,17 @@ internal sealed class ModelPartition
         _communicationTicks += Stopwatch.GetTimestamp() - start;
     }
 
-    /// <summary>The last stage's logits to every stage; nothing to do without pipeline parallelism.</summary>
-    public void BroadcastFromLastStage(Span<float> logits)
+    /// <summary>
+    /// The last stage's logits (or, for generation, just its sampled token ids) to every stage; nothing to do without
+    /// pipeline parallelism.
+    /// </summary>
+    public void BroadcastFromLastStage<T>(Span<T> values)
+        where T : unmanaged
     {
         if (PipelineGroup is { } group)
         {
             var start = Stopwatch.GetTimestamp();
-            group.Broadcast(logits, group.Size - 1);
+            group.Broadcast(values, group.Size - 1);
             _communicationTicks += Stopwatch.GetTimestamp() - start;
         }
     }

@@ -16,13 +16,23 @@ public sealed class CausalLanguageModel : IDisposable
     private readonly SafetensorsCheckpoint? _checkpoint;
     private readonly ModelPartition _partition;
 
-    // Host buffers for gathering the vocabulary runs of the tensor-parallel ranks: one padded run each.
-    private readonly float[] _localLogits;
-    private readonly float[] _gatheredLogits;
     private readonly Tensor _inverseFrequencies;
     private readonly int _prefillChunkSize;
     private readonly Lock _forwardLock = new();
+    private readonly List<PassSegment> _segments = [];
+    private readonly int[] _headSequences = new int[ForwardScratch.MaxHeadRows];
     private ForwardScratch? _scratch;
+
+    // Host buffers that grow to the largest batch seen: a pass's ids and positions, a batch's logits for sampling, the
+    // head's logits before they go to their rows, and the vocabulary runs of the tensor-parallel ranks (padded alike).
+    private int[] _passIds = [];
+    private int[] _passPositions = [];
+    private int[] _singleIds = new int[16];
+    private float[] _batchLogits = [];
+    private float[] _headStaging = [];
+    private float[] _localRuns = [];
+    private float[] _paddedRuns = [];
+    private float[] _gatheredRuns = [];
     private bool _disposed;
 
     private CausalLanguageModel(
@@ -41,8 +51,6 @@ public sealed class CausalLanguageModel : IDisposable
         Backend = backend;
         _checkpoint = checkpoint;
         _partition = partition;
-        _localLogits = partition.TensorSize == 1 ? [] : new float[partition.VocabularyChunk];
-        _gatheredLogits = partition.TensorSize == 1 ? [] : new float[partition.VocabularyChunk * partition.TensorSize];
         Embedding = embedding;
         Layers = layers;
         FinalNorm = finalNorm;
@@ -164,29 +172,85 @@ public sealed class CausalLanguageModel : IDisposable
     /// </summary>
     public void Forward(ReadOnlySpan<int> ids, KvCache cache, Span<float> lastLogits)
     {
-        if (lastLogits.Length != Config.VocabularySize)
+        lock (_forwardLock)
         {
-            throw new ArgumentException($"Logits buffer holds {lastLogits.Length} values; the vocabulary has {Config.VocabularySize}.", nameof(lastLogits));
+            // The ids are held for the passes in a buffer of the model, since a batch entry holds memory, not a span.
+            if (_singleIds.Length < ids.Length)
+            {
+                _singleIds = new int[Math.Max(ids.Length, _singleIds.Length * 2)];
+            }
+
+            ids.CopyTo(_singleIds);
+            ForwardBatch([new BatchedSequence(cache, _singleIds.AsMemory(0, ids.Length))], lastLogits);
+        }
+    }
+
+    /// <summary>
+    /// One forward pass over several sequences, each with its own cache and its own new tokens (one for a decode step,
+    /// a chunk for prefill): every matmul runs over the rows of all of them together, so the weights are read once per
+    /// step, while rope, the cache writes and attention run per sequence. Writes the logits of each sequence's last
+    /// position into row i of <paramref name="logits"/> ([batch.Length * vocab]; rows of sequences that do not need
+    /// logits are left as they are). Rows beyond the activation scratch are run in several passes. On a sharded model
+    /// every rank calls this with the same batch and gets the same logits; under pipeline parallelism the batch is cut
+    /// into micro-batches so the stages work on them at the same time.
+    /// </summary>
+    public void ForwardBatch(ReadOnlySpan<BatchedSequence> batch, Span<float> logits)
+    {
+        var vocabulary = Config.VocabularySize;
+        if (logits.Length != (long)batch.Length * vocabulary)
+        {
+            throw new ArgumentException(
+                $"Logits buffer holds {logits.Length} values; {batch.Length} sequences of a {vocabulary}-token vocabulary need {(long)batch.Length * vocabulary}.",
+                nameof(logits));
         }
 
         lock (_forwardLock)
         {
-            var scratch = PrepareForward(ids, cache);
-            ForwardChunk? last = null;
-            for (var offset = 0; offset < ids.Length; offset += scratch.Rows)
+            var scratch = PrepareBatch(batch);
+            RunBatch(scratch, batch, logits);
+            _partition.BroadcastFromLastStage(logits);
+        }
+    }
+
+    /// <summary>
+    /// The same pass as <see cref="ForwardBatch(ReadOnlySpan{BatchedSequence}, Span{float})"/>, ending in token ids
+    /// instead of logits: <paramref name="sampler"/> picks the next token of each sequence that needs logits and
+    /// <paramref name="tokens"/>[i] gets it (<see cref="Generation.GeneratedToken.NoToken"/> for the others). Under
+    /// pipeline parallelism only the last stage has logits and samples; it sends just the ids back, so every stage ends
+    /// the step with the same tokens.
+    /// </summary>
+    public void ForwardBatch(ReadOnlySpan<BatchedSequence> batch, BatchTokenSampler sampler, Span<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(sampler);
+        if (tokens.Length != batch.Length)
+        {
+            throw new ArgumentException($"Token buffer holds {tokens.Length} ids for {batch.Length} sequences.", nameof(tokens));
+        }
+
+        var vocabulary = Config.VocabularySize;
+        lock (_forwardLock)
+        {
+            var scratch = PrepareBatch(batch);
+            if (_batchLogits.Length < batch.Length * vocabulary)
             {
-                last = RunChunk(scratch, ids.Slice(offset, Math.Min(scratch.Rows, ids.Length - offset)), cache);
+                _batchLogits = new float[batch.Length * vocabulary];
             }
 
+            var logits = _batchLogits.AsSpan(0, batch.Length * vocabulary);
+            RunBatch(scratch, batch, logits);
+            tokens.Fill(Generation.GeneratedToken.NoToken);
             if (_partition.IsLastStage)
             {
-                var (step, current) = last!.Value;
-                Backend.RmsNorm(step.LastHidden[current], FinalNorm!, Config.RmsNormEpsilon, scratch.LastNormed);
-                Backend.Linear(scratch.LastNormed, OutputHead!, scratch.LastLogits);
-                GatherLogits(scratch.LastLogits, lastLogits);
+                for (var i = 0; i < batch.Length; i++)
+                {
+                    if (batch[i].NeedsLogits)
+                    {
+                        tokens[i] = sampler(i, logits.Slice(i * vocabulary, vocabulary));
+                    }
+                }
             }
 
-            _partition.BroadcastFromLastStage(lastLogits);
+            _partition.BroadcastFromLastStage(tokens);
         }
     }
 
@@ -201,12 +265,15 @@ public sealed class CausalLanguageModel : IDisposable
 
         lock (_forwardLock)
         {
-            var scratch = PrepareForward(ids, cache);
+            var all = ids.ToArray();
+            var scratch = PrepareBatch([new BatchedSequence(cache, all)]);
             var logits = new float[ids.Length * vocabulary];
             for (var offset = 0; offset < ids.Length; offset += scratch.Rows)
             {
                 var n = Math.Min(scratch.Rows, ids.Length - offset);
-                var (step, current) = RunChunk(scratch, ids.Slice(offset, n), cache);
+                _segments.Clear();
+                _segments.Add(new PassSegment(0, cache, all.AsMemory(offset, n), 0, WantsLogits: false));
+                var (step, current) = RunPass(scratch, _segments, n, []);
                 if (_partition.IsLastStage)
                 {
                     Backend.RmsNorm(step.Hidden[current], FinalNorm!, Config.RmsNormEpsilon, step.Normed);
@@ -216,7 +283,7 @@ public sealed class CausalLanguageModel : IDisposable
                 }
             }
 
-            _partition.BroadcastFromLastStage(logits);
+            _partition.BroadcastFromLastStage(logits.AsSpan());
 
             return logits;
         }
@@ -252,44 +319,121 @@ public sealed class CausalLanguageModel : IDisposable
         }
     }
 
-    private ForwardScratch PrepareForward(ReadOnlySpan<int> ids, KvCache cache)
+    private ForwardScratch PrepareBatch(ReadOnlySpan<BatchedSequence> batch)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(cache);
-        if (!ReferenceEquals(cache.Owner, this))
+        if (batch.IsEmpty)
         {
-            throw new ArgumentException("The cache was created by another model.", nameof(cache));
+            throw new ArgumentException("The batch holds no sequences.", nameof(batch));
         }
 
-        if (ids.IsEmpty)
+        for (var i = 0; i < batch.Length; i++)
         {
-            throw new ArgumentException("At least one token is needed.", nameof(ids));
-        }
-
-        if (ids.Length > cache.Capacity - cache.Length)
-        {
-            throw new InvalidOperationException(
-                $"The cache holds {cache.Length} of {cache.Capacity} tokens and cannot take {ids.Length} more; create a larger cache.");
-        }
-
-        foreach (var id in ids)
-        {
-            if ((uint)id >= (uint)Config.VocabularySize)
+            var cache = batch[i].Cache;
+            var ids = batch[i].Ids.Span;
+            ArgumentNullException.ThrowIfNull(cache, nameof(batch));
+            if (!ReferenceEquals(cache.Owner, this))
             {
-                throw new ArgumentOutOfRangeException(nameof(ids), id, $"Token id outside the vocabulary [0, {Config.VocabularySize}).");
+                throw new ArgumentException("The cache was created by another model.", nameof(batch));
+            }
+
+            for (var j = 0; j < i; j++)
+            {
+                if (ReferenceEquals(batch[j].Cache, cache))
+                {
+                    throw new ArgumentException($"Sequences {j} and {i} of the batch share one cache.", nameof(batch));
+                }
+            }
+
+            if (ids.IsEmpty)
+            {
+                throw new ArgumentException("At least one token is needed.", nameof(batch));
+            }
+
+            if (ids.Length > cache.Capacity - cache.Length)
+            {
+                throw new InvalidOperationException(
+                    $"The cache holds {cache.Length} of {cache.Capacity} tokens and cannot take {ids.Length} more; create a larger cache.");
+            }
+
+            foreach (var id in ids)
+            {
+                if ((uint)id >= (uint)Config.VocabularySize)
+                {
+                    throw new ArgumentOutOfRangeException(nameof(batch), id, $"Token id outside the vocabulary [0, {Config.VocabularySize}).");
+                }
             }
         }
 
-        return _scratch ??= new ForwardScratch(Backend, Config, _partition, _prefillChunkSize);
+        if (_scratch is null)
+        {
+            _scratch = new ForwardScratch(Backend, Config, _partition, _prefillChunkSize);
+            _passIds = new int[_scratch.Rows];
+            _passPositions = new int[_scratch.Rows];
+        }
+
+        return _scratch;
     }
 
-    private ForwardChunk RunChunk(ForwardScratch scratch, ReadOnlySpan<int> ids, KvCache cache)
+    /// <summary>
+    /// Packs the batch's tokens into passes of at most scratch.Rows rows (a long prompt spills into the next pass) and
+    /// runs them; the logits of each sequence that needs them land in its row of <paramref name="logits"/> on the last
+    /// stage. Under pipeline parallelism the sequences are first cut into up to one micro-batch per stage: a stage hands
+    /// one micro-batch on and starts the next while the later stages work on it.
+    /// </summary>
+    private void RunBatch(ForwardScratch scratch, ReadOnlySpan<BatchedSequence> batch, Span<float> logits)
     {
-        var step = scratch.For(ids.Length);
+        var microBatches = Math.Min(_partition.PipelineStages, batch.Length);
+        var segments = _segments;
+        segments.Clear();
+        var rows = 0;
+        for (var microBatch = 0; microBatch < microBatches; microBatch++)
+        {
+            var (first, end) = (batch.Length * microBatch / microBatches, batch.Length * (microBatch + 1) / microBatches);
+            for (var i = first; i < end; i++)
+            {
+                var ids = batch[i].Ids;
+                for (var offset = 0; offset < ids.Length;)
+                {
+                    var take = Math.Min(scratch.Rows - rows, ids.Length - offset);
+                    var last = offset + take == ids.Length;
+                    segments.Add(new PassSegment(i, batch[i].Cache, ids.Slice(offset, take), rows, batch[i].NeedsLogits && last));
+                    (rows, offset) = (rows + take, offset + take);
+                    if (rows == scratch.Rows)
+                    {
+                        RunPass(scratch, segments, rows, logits);
+                        segments.Clear();
+                        rows = 0;
+                    }
+                }
+            }
+
+            if (rows > 0)
+            {
+                RunPass(scratch, segments, rows, logits);
+                segments.Clear();
+                rows = 0;
+            }
+        }
+    }
+
+    /// <summary>
+    /// One pass over <paramref name="rows"/> rows laid out by <paramref name="segments"/>: embeds (or receives) them,
+    /// runs this rank's layers, hands them on (or, on the last stage, computes the logits the segments want into their
+    /// sequences' rows of <paramref name="logits"/>) and advances every segment's cache.
+    /// </summary>
+    private ForwardChunk RunPass(ForwardScratch scratch, List<PassSegment> segments, int rows, Span<float> logits)
+    {
+        var step = scratch.For(rows);
         var current = 0;
         if (_partition.IsFirstStage)
         {
-            using var idTensor = Backend.Upload(MemoryMarshal.AsBytes(ids), DType.I32, ids.Length);
+            foreach (var segment in segments)
+            {
+                segment.Ids.Span.CopyTo(_passIds.AsSpan(segment.Row));
+            }
+
+            using var idTensor = Backend.Upload(MemoryMarshal.AsBytes(_passIds.AsSpan(0, rows)), DType.I32, rows);
             Backend.Embedding(Embedding!, idTensor, step.Hidden[current]);
         }
         else
@@ -297,20 +441,76 @@ public sealed class CausalLanguageModel : IDisposable
             _partition.ReceiveFromPreviousStage(step.Hidden[current]);
         }
 
-        var positions = cache.Positions.Slice(cache.Length, ids.Length);
-        foreach (var layer in Layers)
+        using (var pass = new PassLayout(Backend, step, segments, _passPositions, _inverseFrequencies))
         {
-            layer.Forward(Backend, step, ref current, cache, positions);
+            foreach (var layer in Layers)
+            {
+                layer.Forward(Backend, step, ref current, pass);
+            }
         }
 
-        // While the next stage runs this chunk, this one moves on to the next chunk of the prompt.
+        // While the next stage runs this pass, this one moves on to the next (a prompt's next chunk, the next micro-batch).
         if (!_partition.IsLastStage)
         {
             _partition.SendToNextStage(step.Hidden[current]);
         }
 
-        cache.Advance(ids.Length);
+        foreach (var segment in segments)
+        {
+            segment.Cache.Advance(segment.Count);
+        }
+
+        if (_partition.IsLastStage)
+        {
+            ComputeWantedLogits(scratch, step.Hidden[current], segments, logits);
+        }
+
         return new ForwardChunk(step, current);
+    }
+
+    /// <summary>
+    /// Final norm and output head on the last row of each segment that wants logits, a few rows at a time: the rows
+    /// are gathered into the head's input buffer so lm_head reads its weights once for all of them.
+    /// </summary>
+    private void ComputeWantedLogits(ForwardScratch scratch, Tensor hidden, List<PassSegment> segments, Span<float> logits)
+    {
+        var vocabulary = Config.VocabularySize;
+        var index = 0;
+        while (true)
+        {
+            var count = 0;
+            for (; index < segments.Count && count < scratch.HeadRows; index++)
+            {
+                var segment = segments[index];
+                if (segment.WantsLogits)
+                {
+                    Backend.Copy(hidden.Slice(segment.Row + segment.Count - 1, 1), scratch.HeadInput.Slice(count, 1));
+                    _headSequences[count++] = segment.Sequence;
+                }
+            }
+
+            if (count == 0)
+            {
+                return;
+            }
+
+            var normed = scratch.HeadNormed.Slice(0, count);
+            var head = scratch.HeadLogits.Slice(0, count);
+            Backend.RmsNorm(scratch.HeadInput.Slice(0, count), FinalNorm!, Config.RmsNormEpsilon, normed);
+            Backend.Linear(normed, OutputHead!, head);
+            if (count == 1)
+            {
+                GatherLogits(head, logits.Slice(_headSequences[0] * vocabulary, vocabulary));
+                continue;
+            }
+
+            var staging = EnsureLength(ref _headStaging, count * vocabulary);
+            GatherLogits(head, staging);
+            for (var j = 0; j < count; j++)
+            {
+                staging.Slice(j * vocabulary, vocabulary).CopyTo(logits.Slice(_headSequences[j] * vocabulary, vocabulary));
+            }
+        }
     }
 
     /// <summary>
@@ -328,24 +528,23 @@ public sealed class CausalLanguageModel : IDisposable
         var rows = checked((int)local.Rows);
         var (chunk, vocabulary) = (_partition.VocabularyChunk, Config.VocabularySize);
         var run = local.Columns;
-        if (rows == 1)
+        var padded = EnsureLength(ref _paddedRuns, rows * chunk);
+        if (run == chunk || rows == 1)
         {
-            // Decode: the padded runs laid end to end are the vocabulary followed by padding, with no allocation.
-            DownloadFloats(local, _localLogits.AsSpan(0, run));
-            _partition.AllGather(_localLogits, _gatheredLogits);
-            _gatheredLogits.AsSpan(0, vocabulary).CopyTo(destination);
-            return;
+            // Runs of the padded length (or a single row) download straight into place; padding is never read.
+            DownloadFloats(local, padded[..(rows * run)]);
+        }
+        else
+        {
+            var runs = EnsureLength(ref _localRuns, rows * run);
+            DownloadFloats(local, runs);
+            for (var row = 0; row < rows; row++)
+            {
+                runs.Slice(row * run, run).CopyTo(padded.Slice(row * chunk));
+            }
         }
 
-        var runs = new float[rows * run];
-        DownloadFloats(local, runs);
-        var padded = new float[rows * chunk];
-        for (var row = 0; row < rows; row++)
-        {
-            runs.AsSpan(row * run, run).CopyTo(padded.AsSpan(row * chunk));
-        }
-
-        var gathered = new float[padded.Length * _partition.TensorSize];
+        var gathered = EnsureLength(ref _gatheredRuns, padded.Length * _partition.TensorSize);
         _partition.AllGather(padded, gathered);
         for (var rank = 0; rank < _partition.TensorSize; rank++)
         {
@@ -353,9 +552,20 @@ public sealed class CausalLanguageModel : IDisposable
             var length = Math.Min(chunk, vocabulary - start);
             for (var row = 0; row < rows; row++)
             {
-                gathered.AsSpan((rank * padded.Length) + (row * chunk), length).CopyTo(destination.Slice((row * vocabulary) + start));
+                gathered.Slice((rank * padded.Length) + (row * chunk), length).CopyTo(destination.Slice((row * vocabulary) + start));
             }
         }
+    }
+
+    /// <summary>The first <paramref name="length"/> values of a buffer that only grows, so steady decode allocates nothing.</summary>
+    private static Span<float> EnsureLength(ref float[] buffer, int length)
+    {
+        if (buffer.Length < length)
+        {
+            buffer = new float[Math.Max(length, buffer.Length * 2)];
+        }
+
+        return buffer.AsSpan(0, length);
     }
 
     private void DownloadFloats(Tensor source, Span<float> destination)

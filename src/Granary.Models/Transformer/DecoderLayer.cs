@@ -62,13 +62,14 @@ public sealed class DecoderLayer : IDisposable
     }
 
     /// <summary>
-    /// Reads the residual stream from hidden[current] and leaves it there again (via hidden[1 - current]). Under tensor
+    /// Reads the residual stream of every row of the pass from hidden[current] and leaves it there again (via
+    /// hidden[1 - current]); rows may belong to different sequences (see <see cref="PassLayout"/>). Under tensor
     /// parallelism attention and MLP each leave a partial sum: two all-sums per layer make it whole on every rank.
     /// </summary>
-    internal void Forward(IComputeBackend backend, ForwardScratch.StepTensors step, ref int current, KvCache cache, Tensor positions)
+    internal void Forward(IComputeBackend backend, ForwardScratch.StepTensors step, ref int current, PassLayout pass)
     {
         backend.RmsNorm(step.Hidden[current], InputNorm, _epsilon, step.Normed);
-        Attention.Forward(backend, step.Normed, step, cache, Index, positions, step.Projected);
+        Attention.Forward(backend, step.Normed, step, pass, Index, step.Projected);
         _partition.AllSum(step.Projected);
         backend.Add(step.Hidden[current], step.Projected, step.Hidden[1 - current]);
         current = 1 - current;

@@ -11,7 +11,11 @@ namespace Granary.Models.Transformer;
 internal sealed class ForwardScratch : IDisposable
 {
     // Views for a handful of token counts are kept: the full chunk, one-token decode and the odd last chunk.
-    private const int MaxCachedViewSets = 8;
+    // Batched decode steps add one count per batch size, so a few more than that are kept.
+    private const int MaxCachedViewSets = 24;
+
+    // Rows the output head runs on at once: a decode step of a whole batch; more are done in turns.
+    public const int MaxHeadRows = 16;
 
     private readonly ModelConfig _config;
     private readonly ModelPartition _partition;
@@ -65,17 +69,25 @@ internal sealed class ForwardScratch : IDisposable
             _expertWeights = backend.Allocate(DType.F32, rows, moe.ExpertsPerToken);
         }
 
-        LastNormed = backend.Allocate(dtype, 1, config.HiddenSize);
-        LastLogits = backend.Allocate(dtype, 1, partition.Vocabulary.Count);
+        HeadRows = Math.Min(rows, MaxHeadRows);
+        HeadInput = backend.Allocate(dtype, HeadRows, config.HiddenSize);
+        HeadNormed = backend.Allocate(dtype, HeadRows, config.HiddenSize);
+        HeadLogits = backend.Allocate(dtype, HeadRows, partition.Vocabulary.Count);
     }
 
     public int Rows { get; }
 
-    /// <summary>The final-norm output of the last position only, so decode runs lm_head on one row.</summary>
-    public Tensor LastNormed { get; }
+    /// <summary>Positions the output head runs on at once (the last position of each sequence of a batch).</summary>
+    public int HeadRows { get; }
 
-    /// <summary>Logits of this rank's vocabulary run for the last position.</summary>
-    public Tensor LastLogits { get; }
+    /// <summary>The hidden states of the positions whose logits are wanted, gathered from the step's rows.</summary>
+    public Tensor HeadInput { get; }
+
+    /// <summary>Their final-norm output, so decode runs lm_head only on the rows it samples from.</summary>
+    public Tensor HeadNormed { get; }
+
+    /// <summary>Logits of this rank's vocabulary run for those positions.</summary>
+    public Tensor HeadLogits { get; }
 
     public StepTensors For(int n)
     {
@@ -100,7 +112,7 @@ internal sealed class ForwardScratch : IDisposable
 
     public void Dispose()
     {
-        foreach (var tensor in new[] { _hidden[0], _hidden[1], _normed, _query, _key, _value, _attention, _projected, _gate, _up, _activation, LastNormed, LastLogits })
+        foreach (var tensor in new[] { _hidden[0], _hidden[1], _normed, _query, _key, _value, _attention, _projected, _gate, _up, _activation, HeadInput, HeadNormed, HeadLogits })
         {
             tensor.Dispose();
         }
@@ -123,7 +135,6 @@ internal sealed class ForwardScratch : IDisposable
             var headDim = config.HeadDim;
             Count = n;
             Hidden = [scratch._hidden[0].Slice(0, n), scratch._hidden[1].Slice(0, n)];
-            LastHidden = [Hidden[0].Slice(n - 1, 1), Hidden[1].Slice(n - 1, 1)];
             Normed = scratch._normed.Slice(0, n);
             Query = scratch._query.Slice(0, n);
             Key = scratch._key.Slice(0, n);
@@ -136,6 +147,10 @@ internal sealed class ForwardScratch : IDisposable
                 QueryNormedHeads = scratch._queryNormed!.Slice(0, n).Reshape(n, heads, headDim);
                 KeyNormedHeads = scratch._keyNormed!.Slice(0, n).Reshape(n, kvHeads, headDim);
             }
+
+            // Rope runs in place on these: the normed heads when the model norms q and k, the projections otherwise.
+            RotatedQueryHeads = QueryNormedHeads ?? QueryHeads;
+            RotatedKeyHeads = KeyNormedHeads ?? KeyHeads;
 
             Attention = scratch._attention.Slice(0, n);
             AttentionHeads = Attention.Reshape(n, heads, headDim);
@@ -152,8 +167,6 @@ internal sealed class ForwardScratch : IDisposable
 
         /// <summary>Two residual-stream buffers used alternately, so no operation writes over its own input.</summary>
         public Tensor[] Hidden { get; }
-
-        public Tensor[] LastHidden { get; }
 
         public Tensor Normed { get; }
 
@@ -172,6 +185,10 @@ internal sealed class ForwardScratch : IDisposable
         public Tensor? QueryNormedHeads { get; }
 
         public Tensor? KeyNormedHeads { get; }
+
+        public Tensor RotatedQueryHeads { get; }
+
+        public Tensor RotatedKeyHeads { get; }
 
         public Tensor Attention { get; }
 

@@ -76,6 +76,38 @@ public sealed class KvCache : IDisposable
         Length = length;
     }
 
+    /// <summary>
+    /// Makes this cache hold the first <paramref name="length"/> tokens of <paramref name="source"/> (a prompt-cache
+    /// hit whose cache is too small or still in use): their keys and values are copied on the backend.
+    /// </summary>
+    public void CopyFrom(KvCache source, int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(source);
+        ObjectDisposedException.ThrowIf(source._disposed, source);
+        if (!ReferenceEquals(source.Owner, Owner))
+        {
+            throw new ArgumentException("The source cache was created by another model.", nameof(source));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, source.Length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
+        if (length > 0)
+        {
+            for (var layer = 0; layer < _keys.Length; layer++)
+            {
+                if (_keys[layer] is { } keys)
+                {
+                    Owner.Backend.Copy(source._keys[layer]!.Slice(0, length), keys.Slice(0, length));
+                    Owner.Backend.Copy(source._values[layer]!.Slice(0, length), _values[layer]!.Slice(0, length));
+                }
+            }
+        }
+
+        Length = length;
+    }
+
     internal void Advance(int count) => Length += count;
 
     public void Dispose()

@@ -82,35 +82,34 @@ public sealed class SelfAttention : IDisposable
     }
 
     /// <summary>
-    /// output = o_proj(attention(rope(q), rope(k), v)) for the tokens at positions start..start+n-1; under tensor
-    /// parallelism a partial sum over this rank's heads.
+    /// output = o_proj(attention(rope(q), rope(k), v)) for every row of the pass; the projections run over all rows at
+    /// once, the cache writes and attention per sequence against its own cache. Under tensor parallelism a partial sum
+    /// over this rank's heads.
     /// </summary>
-    internal void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, KvCache cache, int layer, Tensor positions, Tensor output)
+    internal void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, PassLayout pass, int layer, Tensor output)
     {
-        var n = step.Count;
-        var start = cache.Length;
         backend.Linear(input, QueryProjection, step.Query);
         backend.Linear(input, KeyProjection, step.Key);
         backend.Linear(input, ValueProjection, step.Value);
 
-        var query = step.QueryHeads;
-        var key = step.KeyHeads;
         if (QueryNorm is not null && KeyNorm is not null)
         {
-            backend.RmsNorm(query, QueryNorm, _config.RmsNormEpsilon, step.QueryNormedHeads!);
-            backend.RmsNorm(key, KeyNorm, _config.RmsNormEpsilon, step.KeyNormedHeads!);
-            query = step.QueryNormedHeads!;
-            key = step.KeyNormedHeads!;
+            backend.RmsNorm(step.QueryHeads, QueryNorm, _config.RmsNormEpsilon, step.QueryNormedHeads!);
+            backend.RmsNorm(step.KeyHeads, KeyNorm, _config.RmsNormEpsilon, step.KeyNormedHeads!);
         }
 
-        backend.Rope(query, positions, cache.InverseFrequencies, _config.Rope.AttentionScaling);
-        backend.Rope(key, positions, cache.InverseFrequencies, _config.Rope.AttentionScaling);
+        backend.Rope(step.RotatedQueryHeads, pass.Positions, pass.InverseFrequencies, _config.Rope.AttentionScaling);
+        backend.Rope(step.RotatedKeyHeads, pass.Positions, pass.InverseFrequencies, _config.Rope.AttentionScaling);
 
-        var keys = cache.Keys[layer]!;
-        var values = cache.Values[layer]!;
-        backend.Copy(key, keys.Slice(start, n));
-        backend.Copy(step.ValueHeads, values.Slice(start, n));
-        backend.Attention(query, keys, values, start, _scale, step.AttentionHeads);
+        foreach (var segment in pass.Segments)
+        {
+            var keys = segment.Cache.Keys[layer]!;
+            var values = segment.Cache.Values[layer]!;
+            backend.Copy(segment.Key, keys.Slice(segment.Start, segment.Count));
+            backend.Copy(segment.Value, values.Slice(segment.Start, segment.Count));
+            backend.Attention(segment.Query, keys, values, segment.Start, _scale, segment.Attention);
+        }
+
         backend.Linear(step.Attention, OutputProjection, output);
     }
 

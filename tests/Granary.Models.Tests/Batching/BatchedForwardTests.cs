@@ -1,0 +1,140 @@
+using Granary.Models.Generation;
+using Granary.Models.Tests.Reference;
+using Granary.Tensors.Cpu;
+
+namespace Granary.Models.Tests.Batching;
+
+/// <summary>
+/// The ragged batched forward pass: sequences of different lengths, each with its own cache, in one pass (split over
+/// passes of 16 rows here, so one prompt straddles two) give the logits each gives alone, and batched generation the
+/// tokens each gives alone.
+/// </summary>
+public sealed class BatchedForwardTests
+{
+    private const float Tolerance = 1e-4f;
+
+    public static TheoryData<string> Models() => ["llama", "llama_bf16", "qwen2", "qwen3", "qwen3_moe", "qwen3_moe_q4_g32_mlx", "qwen3_q4_g64"];
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void BatchedLogitsMatchEachSequenceRunAlone(string name)
+    {
+        var reference = ReferenceModel.Load(name);
+        using var backend = new CpuBackend(threads: 1);
+        using var loaded = ModelLoader.Load(reference.Directory, backend, new ModelLoadOptions { PrefillChunkSize = 16 });
+        var model = loaded.Model;
+        var vocabulary = model.Config.VocabularySize;
+        var prompts = BatchTestData.Prompts(reference);
+        var (first, late) = (prompts[..3], prompts[3]);
+
+        // Alone: each prompt, then two decode steps on its greedy tokens; the late prompt alone.
+        var alone = first.Select(prompt => RunAlone(model, prompt, decodeSteps: 2)).ToArray();
+        var lateAlone = RunAlone(model, late, decodeSteps: 0);
+
+        var caches = first.Select(p => model.CreateCache(p.Length + 4)).ToArray();
+        using var lateCache = model.CreateCache(late.Length + 4);
+        try
+        {
+            // Step 1: three prompts of 12, 5 and 37 tokens prefill together (three passes of up to 16 rows).
+            var logits = new float[first.Length * vocabulary];
+            model.ForwardBatch([.. first.Select((p, i) => new BatchedSequence(caches[i], p))], logits);
+            for (var i = 0; i < first.Length; i++)
+            {
+                BatchTestData.AssertClose(alone[i].Logits[0], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, prompt {i}");
+            }
+
+            // The reference prompt also matches transformers.
+            BatchTestData.AssertClose(reference.Logits[^1], logits.AsSpan(0, vocabulary), 1e-3f, $"{name} vs transformers");
+
+            // Step 2: all three decode while a fourth prompt prefills in the same pass.
+            logits = new float[(first.Length + 1) * vocabulary];
+            var step = first.Select((_, i) => new BatchedSequence(caches[i], new[] { alone[i].Tokens[0] })).Append(new BatchedSequence(lateCache, late)).ToArray();
+            model.ForwardBatch(step, logits);
+            for (var i = 0; i < first.Length; i++)
+            {
+                BatchTestData.AssertClose(alone[i].Logits[1], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, decode of {i}");
+            }
+
+            BatchTestData.AssertClose(lateAlone.Logits[0], logits.AsSpan(first.Length * vocabulary, vocabulary), Tolerance, $"{name}, late prompt");
+
+            // Step 3: a sequence that needs no logits (a prompt chunk short of its end) leaves its row untouched.
+            logits.AsSpan().Fill(float.NaN);
+            model.ForwardBatch(
+                [new BatchedSequence(caches[0], new[] { alone[0].Tokens[1] }), new BatchedSequence(caches[1], new[] { alone[1].Tokens[1] }, NeedsLogits: false)],
+                logits.AsSpan(0, 2 * vocabulary));
+            BatchTestData.AssertClose(alone[0].Logits[2], logits.AsSpan(0, vocabulary), Tolerance, $"{name}, third step of 0");
+            Assert.All(logits.AsSpan(vocabulary, vocabulary).ToArray(), value => Assert.True(float.IsNaN(value)));
+            Assert.Equal(first[1].Length + 2, caches[1].Length);
+        }
+        finally
+        {
+            foreach (var cache in caches)
+            {
+                cache.Dispose();
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("qwen3_moe")]
+    public void BatchedGenerationGivesTheTokensOfEachRequestAlone(string name)
+    {
+        var reference = ReferenceModel.Load(name);
+        using var backend = new CpuBackend(threads: 1);
+        using var loaded = ModelLoader.Load(reference.Directory, backend, new ModelLoadOptions { PrefillChunkSize = 16 });
+        var prompts = BatchTestData.Prompts(reference);
+        GenerationRequest[] requests =
+        [
+            BatchTestData.Greedy(prompts[0], 20),
+            BatchTestData.Greedy(prompts[1], 7),
+            BatchTestData.Sampled(prompts[2], 12, seed: 5),
+            BatchTestData.Sampled(prompts[3], 15, seed: 9),
+            BatchTestData.Greedy(prompts[1], 0),
+        ];
+
+        var expected = BatchTestData.OneAtATime(loaded.Model, null, requests);
+        var batched = new TextGenerator(loaded.Model, null, new HashSet<int>()).GenerateBatch(requests);
+
+        Assert.Equal(reference.GreedyTokens, batched[0].TokenIds);
+        for (var i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(expected[i], batched[i].Tokens);
+            Assert.Equal(requests[i].MaxTokens, batched[i].Statistics.GeneratedTokens);
+        }
+    }
+
+    [Fact]
+    public void ABatchThatRepeatsACacheOrOverrunsOneIsRejected()
+    {
+        var reference = ReferenceModel.Load("llama");
+        using var backend = new CpuBackend(threads: 1);
+        using var loaded = ModelLoader.Load(reference.Directory, backend);
+        var model = loaded.Model;
+        using var cache = model.CreateCache(4);
+        var logits = new float[2 * model.Config.VocabularySize];
+
+        var shared = Assert.Throws<ArgumentException>(() => model.ForwardBatch([new(cache, new[] { 1 }), new(cache, new[] { 2 })], logits));
+        Assert.Contains("share one cache", shared.Message);
+        Assert.Throws<InvalidOperationException>(() => model.ForwardBatch([new(cache, new[] { 1, 2, 3, 4, 5 })], logits.AsSpan(0, model.Config.VocabularySize)));
+        Assert.Equal(0, cache.Length);
+    }
+
+    private static (float[][] Logits, int[] Tokens) RunAlone(CausalLanguageModel model, int[] prompt, int decodeSteps)
+    {
+        using var cache = model.CreateCache(prompt.Length + decodeSteps + 1);
+        var logits = new float[decodeSteps + 1][];
+        var tokens = new int[decodeSteps + 1];
+        logits[0] = new float[model.Config.VocabularySize];
+        model.Forward(prompt, cache, logits[0]);
+        tokens[0] = BatchTestData.ArgMax(logits[0]);
+        for (var step = 1; step <= decodeSteps; step++)
+        {
+            logits[step] = new float[model.Config.VocabularySize];
+            model.Forward([tokens[step - 1]], cache, logits[step]);
+            tokens[step] = BatchTestData.ArgMax(logits[step]);
+        }
+
+        return (logits, tokens);
+    }
+}
