@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
+using Granary.Collectives;
 using Granary.Tensors;
 using Granary.Tensors.Cuda;
 
@@ -39,19 +40,81 @@ internal static class CudaBenchmark
             {
                 var (eager, graph, linearBandwidth) = model.MeasureDecode(batch, options.Prompt, options.Steps);
                 var roofline = bandwidth / bytes * batch;
+                var fusedGraph = batch == 1 ? FusedOrNaN(model, options) : double.NaN;
+                var fused = batch == 1
+                    ? string.Create(CultureInfo.InvariantCulture, $"{fusedGraph,9:F1} {fusedGraph / roofline,6:P0}")
+                    : $"{"-",9} {"-",6}";
                 rows.Add(string.Create(
                     CultureInfo.InvariantCulture,
-                    $"{shape.Name,-11} {batch,5} {bytes / 1e9,10:F2} {roofline,10:F0} {eager,9:F1} {eager / roofline,6:P0} {graph,9:F1} {graph / roofline,6:P0} {linearBandwidth / 1e12,9:F2} {prefill,12:F0}"));
+                    $"{shape.Name,-11} {batch,5} {bytes / 1e9,10:F2} {roofline,10:F0} {eager,9:F1} {eager / roofline,6:P0} {graph,9:F1} {graph / roofline,6:P0} {fused} {linearBandwidth / 1e12,9:F2} {prefill,12:F0}"));
                 Console.WriteLine(rows[^1]);
             }
         }
 
         Console.WriteLine();
-        Console.WriteLine($"{"model",-11} {"batch",5} {"weight GB",10} {"roofline",10} {"eager",9} {"%roof",6} {"graph",9} {"%roof",6} {"gemv TB/s",9} {"prefill t/s",12}");
+        Console.WriteLine($"{"model",-11} {"batch",5} {"weight GB",10} {"roofline",10} {"eager",9} {"%roof",6} {"graph",9} {"%roof",6} {"fused",9} {"%roof",6} {"gemv TB/s",9} {"prefill t/s",12}");
         rows.ForEach(Console.WriteLine);
         Console.WriteLine("(decode columns in tokens/s summed over the batch; roofline = copy bandwidth / weight bytes per step x batch;");
+        Console.WriteLine(" eager/graph: the one-op-per-call step of Granary.Models' decoder layer; fused: the step with the backend's decode");
+        Console.WriteLine(" fusions, captured once and replayed at every position (batch 1);");
         Console.WriteLine(" gemv TB/s = weight bytes of the step's Linear calls alone, replayed as a graph, over their time)");
         return 0;
+    }
+
+    /// <summary>
+    /// One rank of tensor-parallel decode (start one process per GPU with `granary launch --backend nccl` or the
+    /// GRANARY_* variables): each rank holds 1/n of the heads, MLP features and vocabulary, the o_proj and down_proj
+    /// outputs are summed by NCCL in device memory and the logits gathered on the device, as Granary.Models' sharded
+    /// decoder does. Rank 0 prints one line: decode tokens/s eagerly and as a graph replay, the time per step of the
+    /// step's collectives alone (replayed as a graph), and the per-rank roofline.
+    /// </summary>
+    public static int RunTensorParallel(string[] arguments)
+    {
+        var options = Options.Parse(arguments);
+        using var world = Group.Init(strict: false, backend: CollectiveOptions.FromEnvironment() is null ? null : "nccl");
+        using var backend = new CudaBackend();
+        var group = world.Size > 1 ? world : null;
+        var print = world.Rank == 0;
+        var bandwidth = MeasureCopyBandwidth(backend);
+        if (print)
+        {
+            Console.WriteLine($"Rank 0 of {world.Size} ({world.Backend}) on GPU {backend.Device}: {backend.DeviceName}; copy bandwidth {bandwidth / 1e12:F2} TB/s; prompt {options.Prompt}, {options.Steps} steps");
+        }
+
+        foreach (var shape in Shapes.Where(s => options.Models.Contains(s.Name)))
+        {
+            using var model = new SyntheticModel(backend, shape, group);
+            var bytes = model.WeightBytesPerStep;
+            foreach (var batch in options.Batches)
+            {
+                var (eager, graph, _) = model.MeasureDecode(batch, options.Prompt, options.Steps);
+                var fused = batch == 1 ? FusedOrNaN(model, options) : double.NaN;
+                var collectives = model.MeasureCollectives(batch, options.Steps);
+                if (print)
+                {
+                    Console.WriteLine(string.Create(
+                        CultureInfo.InvariantCulture,
+                        $"tp-result model={shape.Name} ranks={world.Size} batch={batch} weight_gb_per_rank={bytes / 1e9:F2} roofline={bandwidth / bytes * batch:F0} eager={eager:F1} graph={graph:F1} fused={fused:F1} collectives_ms={collectives * 1e3:F3}"));
+                }
+            }
+        }
+
+        world.Barrier();
+        return 0;
+    }
+
+    /// <summary>The fused step's tokens/s, or NaN with the reason on stderr where its kernels cannot run (so the table still prints).</summary>
+    private static double FusedOrNaN(SyntheticModel model, Options options)
+    {
+        try
+        {
+            return model.MeasureFusedDecode(options.Prompt, options.Steps);
+        }
+        catch (CudaException e)
+        {
+            Console.Error.WriteLine($"fused decode step failed: {e.Message}");
+            return double.NaN;
+        }
     }
 
     private static double MeasureCopyBandwidth(CudaBackend backend)
@@ -101,17 +164,25 @@ internal static class CudaBenchmark
         }
     }
 
+    /// <summary>
+    /// One decoder layer. q, k and v are row runs of one stacked weight and gate and up of another, so the fused step
+    /// (<see cref="QueryKeyValue"/>, <see cref="GateUp"/>) and the one-op-per-call step read the same bytes.
+    /// </summary>
     private sealed record Layer(
-        Tensor InputNorm, LinearWeight Query, LinearWeight Key, LinearWeight Value, LinearWeight Output, Tensor QueryNorm, Tensor KeyNorm,
-        Tensor PostNorm, LinearWeight Gate, LinearWeight Up, LinearWeight Down);
+        Tensor InputNorm, DenseWeight QueryKeyValue, LinearWeight Query, LinearWeight Key, LinearWeight Value, LinearWeight Output, Tensor QueryNorm,
+        Tensor KeyNorm, Tensor PostNorm, DenseWeight GateUp, LinearWeight Gate, LinearWeight Up, LinearWeight Down);
 
-    /// <summary>A Qwen3-shaped decoder with random bf16 weights made on the device.</summary>
+    /// <summary>
+    /// A Qwen3-shaped decoder with random bf16 weights made on the device; with a tensor group, this rank's share of it
+    /// (heads, key/value heads, MLP features and vocabulary divided by the group size, partial sums added by the group).
+    /// </summary>
     private sealed class SyntheticModel : IDisposable
     {
         private const float Epsilon = 1e-6f;
 
         private readonly CudaBackend _backend;
         private readonly Shape _shape;
+        private readonly Group? _group;
         private readonly List<IDisposable> _owned = [];
         private readonly Layer[] _layers;
         private readonly LinearWeight _embedding;
@@ -120,25 +191,34 @@ internal static class CudaBenchmark
         private readonly Tensor _inverseFrequency;
         private ulong _seed = 1;
 
-        public SyntheticModel(CudaBackend backend, Shape shape)
+        public SyntheticModel(CudaBackend backend, Shape shape, Group? group = null)
         {
+            var parts = group?.Size ?? 1;
+            if (shape.Heads % parts != 0 || shape.KvHeads % parts != 0 || shape.Inner % parts != 0 || shape.Vocabulary % parts != 0)
+            {
+                throw new ArgumentException($"{shape.Name} cannot be split evenly over {parts} ranks.");
+            }
+
+            shape = shape with { Heads = shape.Heads / parts, KvHeads = shape.KvHeads / parts, Inner = shape.Inner / parts, Vocabulary = shape.Vocabulary / parts };
             _backend = backend;
             _shape = shape;
+            _group = group;
             _embedding = Dense(shape.Vocabulary, shape.Hidden);
             _head = shape.Tied ? _embedding : Dense(shape.Vocabulary, shape.Hidden);
             _finalNorm = Norm(shape.Hidden);
-            _layers = Enumerable.Range(0, shape.Layers).Select(_ => new Layer(
-                Norm(shape.Hidden),
-                Dense(shape.Heads * shape.HeadDim, shape.Hidden),
-                Dense(shape.KvHeads * shape.HeadDim, shape.Hidden),
-                Dense(shape.KvHeads * shape.HeadDim, shape.Hidden),
-                Dense(shape.Hidden, shape.Heads * shape.HeadDim),
-                Norm(shape.HeadDim),
-                Norm(shape.HeadDim),
-                Norm(shape.Hidden),
-                Dense(shape.Inner, shape.Hidden),
-                Dense(shape.Inner, shape.Hidden),
-                Dense(shape.Hidden, shape.Inner))).ToArray();
+            var (queryRows, keyValueRows) = (shape.Heads * shape.HeadDim, shape.KvHeads * shape.HeadDim);
+            _layers = Enumerable.Range(0, shape.Layers).Select(_ =>
+            {
+                var inputNorm = Norm(shape.Hidden);
+                var queryKeyValue = Dense(queryRows + (2 * keyValueRows), shape.Hidden);
+                var output = Dense(shape.Hidden, queryRows);
+                var (queryNorm, keyNorm, postNorm) = (Norm(shape.HeadDim), Norm(shape.HeadDim), Norm(shape.Hidden));
+                var gateUp = Dense(2 * shape.Inner, shape.Hidden);
+                return new Layer(
+                    inputNorm, queryKeyValue, Rows(queryKeyValue, 0, queryRows), Rows(queryKeyValue, queryRows, keyValueRows),
+                    Rows(queryKeyValue, queryRows + keyValueRows, keyValueRows), output, queryNorm, keyNorm, postNorm,
+                    gateUp, Rows(gateUp, 0, shape.Inner), Rows(gateUp, shape.Inner, shape.Inner), Dense(shape.Hidden, shape.Inner));
+            }).ToArray();
             var frequencies = Enumerable.Range(0, shape.HeadDim / 2).Select(j => (float)Math.Pow(1e6, -2.0 * j / shape.HeadDim)).ToArray();
             _inverseFrequency = Keep(backend.Upload(MemoryMarshal.AsBytes(frequencies.AsSpan()), DType.F32, frequencies.Length));
             backend.Synchronize();
@@ -153,7 +233,7 @@ internal static class CudaBenchmark
         /// <summary>Tokens per second of one prompt of <paramref name="tokens"/> (after a warm-up prompt).</summary>
         public double MeasurePrefill(int tokens)
         {
-            using var state = new DecodeState(_backend, _shape, 1, tokens, tokens + 1);
+            using var state = new DecodeState(_backend, _shape, 1, tokens, tokens + 1, 1);
             Prefill(state, tokens);
             _backend.Synchronize();
             var clock = Stopwatch.StartNew();
@@ -168,19 +248,19 @@ internal static class CudaBenchmark
         /// </summary>
         public (double Eager, double Graph, double LinearBandwidth) MeasureDecode(int batch, int prompt, int steps)
         {
-            using var state = new DecodeState(_backend, _shape, batch, batch, prompt + steps + 1);
-            var logits = new float[batch * _shape.Vocabulary];
+            using var state = new DecodeState(_backend, _shape, batch, batch, prompt + steps + 1, _group?.Size ?? 1);
+            var logits = new float[state.AllLogits.ElementCount];
             for (var warmup = 0; warmup < 3; warmup++)
             {
                 DecodeStep(state, prompt + warmup);
             }
 
-            _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            _backend.Download(state.AllLogits, MemoryMarshal.AsBytes(logits.AsSpan()));
             var clock = Stopwatch.StartNew();
             for (var step = 0; step < steps; step++)
             {
                 DecodeStep(state, prompt + step);
-                _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+                _backend.Download(state.AllLogits, MemoryMarshal.AsBytes(logits.AsSpan()));
             }
 
             var eager = batch * steps / clock.Elapsed.TotalSeconds;
@@ -191,7 +271,7 @@ internal static class CudaBenchmark
             for (var step = 0; step < steps; step++)
             {
                 graph.Launch();
-                _backend.Download(state.Logits, MemoryMarshal.AsBytes(logits.AsSpan()));
+                _backend.Download(state.AllLogits, MemoryMarshal.AsBytes(logits.AsSpan()));
             }
 
             var replayed = batch * steps / clock.Elapsed.TotalSeconds;
@@ -213,6 +293,75 @@ internal static class CudaBenchmark
             var linearBytes = _head.WeightBytes + _layers.Sum(l =>
                 l.Query.WeightBytes + l.Key.WeightBytes + l.Value.WeightBytes + l.Output.WeightBytes + l.Gate.WeightBytes + l.Up.WeightBytes + l.Down.WeightBytes);
             return (eager, replayed, linearBytes * steps / clock.Elapsed.TotalSeconds);
+        }
+
+        /// <summary>
+        /// Decode tokens per second at batch 1 of the fused step (<see cref="DecodeStepFused"/>) as one graph captured once
+        /// and replayed at every position (the position lives in device memory and the step advances it).
+        /// </summary>
+        public double MeasureFusedDecode(int prompt, int steps)
+        {
+            var capacity = prompt + (2 * steps) + 8;
+            using var state = new DecodeState(_backend, _shape, 1, 1, capacity, _group?.Size ?? 1);
+            using var position = _backend.Upload(MemoryMarshal.AsBytes(new[] { prompt }.AsSpan()), DType.I32, 1);
+            var logits = new float[state.AllLogits.ElementCount];
+            for (var warmup = 0; warmup < 3; warmup++)
+            {
+                DecodeStepFused(state, position, capacity);
+            }
+
+            _backend.Download(state.AllLogits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            using var graph = _backend.Capture(() => DecodeStepFused(state, position, capacity));
+            graph.Launch();
+            _backend.Synchronize();
+            var clock = Stopwatch.StartNew();
+            for (var step = 0; step < steps; step++)
+            {
+                graph.Launch();
+                _backend.Download(state.AllLogits, MemoryMarshal.AsBytes(logits.AsSpan()));
+            }
+
+            var replayed = steps / clock.Elapsed.TotalSeconds;
+            if (logits.Any(float.IsNaN))
+            {
+                throw new InvalidOperationException("The fused decode step produced NaN logits.");
+            }
+
+            return replayed;
+        }
+
+        /// <summary>Seconds per step of the step's collectives alone (two all-sums a layer, the logits gather), replayed as a graph.</summary>
+        public double MeasureCollectives(int batch, int steps)
+        {
+            if (_group is null)
+            {
+                return 0;
+            }
+
+            using var state = new DecodeState(_backend, _shape, batch, batch, 2, _group.Size);
+            void Collectives()
+            {
+                for (var layer = 0; layer < 2 * _layers.Length; layer++)
+                {
+                    _group.AllSum(state.Projected);
+                }
+
+                _group.AllGather(state.Logits, state.AllLogits);
+            }
+
+            Collectives();
+            _backend.Synchronize();
+            using var graph = _backend.Capture(Collectives);
+            graph.Launch();
+            _backend.Synchronize();
+            var clock = Stopwatch.StartNew();
+            for (var step = 0; step < steps; step++)
+            {
+                graph.Launch();
+            }
+
+            _backend.Synchronize();
+            return clock.Elapsed.TotalSeconds / steps;
         }
 
         public void Dispose()
@@ -274,6 +423,41 @@ internal static class CudaBenchmark
 
             b.RmsNorm(state.Hidden, _finalNorm, Epsilon, state.Normed);
             b.Linear(state.Normed, _head, state.Logits);
+            _group?.AllGather(state.Logits, state.AllLogits);
+        }
+
+        /// <summary>
+        /// The decode step of one sequence with the CUDA backend's fusions: residual add + RMSNorm, q|k|v as one GEMV,
+        /// q/k norm + RoPE + cache append, attention at the device-side position, gate|up GEMV with SiLU-mul; 9 kernels a
+        /// layer instead of 20. Ends by advancing the position, so a captured step replays at the next one.
+        /// </summary>
+        private void DecodeStepFused(DecodeState state, Tensor position, int capacity)
+        {
+            var b = _backend;
+            var s = _shape;
+            var query = state.QueryNormed.Reshape(1, s.Heads, s.HeadDim);
+            var attention = state.Attention.Reshape(1, s.Heads, s.HeadDim);
+            b.Embedding(_embedding, state.Ids, state.Hidden);
+            for (var index = 0; index < _layers.Length; index++)
+            {
+                var layer = _layers[index];
+                b.AddRmsNorm(state.Hidden, index == 0 ? null : state.Projected, layer.InputNorm, Epsilon, state.Normed);
+                b.Linear(state.Normed, layer.QueryKeyValue, state.QueryKeyValue);
+                b.QkNormRopeAppend(
+                    state.QueryKeyValue, layer.QueryNorm, layer.KeyNorm, Epsilon, position, _inverseFrequency, 1f, query, state.Keys[0][index], state.Values[0][index]);
+                b.Attention(query, state.Keys[0][index], state.Values[0][index], position, capacity, 1f / MathF.Sqrt(s.HeadDim), attention);
+                b.Linear(state.Attention, layer.Output, state.Projected);
+                _group?.AllSum(state.Projected);
+                b.AddRmsNorm(state.Hidden, state.Projected, layer.PostNorm, Epsilon, state.Normed);
+                b.SwiGluLinear(state.Normed, layer.GateUp, state.Gate);
+                b.Linear(state.Gate, layer.Down, state.Projected);
+                _group?.AllSum(state.Projected);
+            }
+
+            b.AddRmsNorm(state.Hidden, state.Projected, _finalNorm, Epsilon, state.Normed);
+            b.Linear(state.Normed, _head, state.Logits);
+            _group?.AllGather(state.Logits, state.AllLogits);
+            b.AdvancePositions(position, 1);
         }
 
         private void Attention(DecodeState state, Layer layer, int index, Tensor positions, Action<Tensor, Tensor> attend, int startPosition)
@@ -303,6 +487,7 @@ internal static class CudaBenchmark
 
             attend(normedQuery, state.Attention.Reshape(n, s.Heads, s.HeadDim));
             b.Linear(state.Attention, layer.Output, state.Projected);
+            _group?.AllSum(state.Projected);
             b.Add(state.Hidden, state.Projected, state.Hidden);
         }
 
@@ -314,8 +499,11 @@ internal static class CudaBenchmark
             b.Linear(state.Normed, layer.Up, state.Up);
             b.SiluMul(state.Gate, state.Up, state.Gate);
             b.Linear(state.Gate, layer.Down, state.Projected);
+            _group?.AllSum(state.Projected);
             b.Add(state.Hidden, state.Projected, state.Hidden);
         }
+
+        private static DenseWeight Rows(DenseWeight stacked, int start, int count) => new(stacked.Weight.Slice(start, count));
 
         private DenseWeight Dense(int outFeatures, int inFeatures)
         {
@@ -346,7 +534,7 @@ internal static class CudaBenchmark
         private readonly List<Tensor> _owned = [];
         private readonly Tensor _positionTable;
 
-        public DecodeState(CudaBackend backend, Shape shape, int batch, int rows, int capacity)
+        public DecodeState(CudaBackend backend, Shape shape, int batch, int rows, int capacity, int parts)
         {
             Batch = batch;
             Tensor Make(DType dtype, params int[] dims)
@@ -372,6 +560,7 @@ internal static class CudaBenchmark
             Hidden = Make(DType.F32, rows, shape.Hidden);
             Normed = Make(DType.F32, rows, shape.Hidden);
             Query = Make(DType.F32, rows, shape.Heads * shape.HeadDim);
+            QueryKeyValue = Make(DType.F32, rows, (shape.Heads + (2 * shape.KvHeads)) * shape.HeadDim);
             QueryNormed = Make(DType.F32, rows, shape.Heads * shape.HeadDim);
             Key = Make(DType.F32, rows, shape.KvHeads * shape.HeadDim);
             KeyNormed = Make(DType.F32, rows, shape.KvHeads * shape.HeadDim);
@@ -381,6 +570,7 @@ internal static class CudaBenchmark
             Gate = Make(DType.F32, rows, shape.Inner);
             Up = Make(DType.F32, rows, shape.Inner);
             Logits = Make(DType.F32, batch, shape.Vocabulary);
+            AllLogits = parts == 1 ? Logits : Make(DType.F32, parts * batch, shape.Vocabulary);
             Keys = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, shape.Layers).Select(_ => Make(DType.F32, capacity, shape.KvHeads, shape.HeadDim)).ToArray()).ToArray();
             Values = Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, shape.Layers).Select(_ => Make(DType.F32, capacity, shape.KvHeads, shape.HeadDim)).ToArray()).ToArray();
         }
@@ -394,6 +584,9 @@ internal static class CudaBenchmark
         public Tensor Normed { get; }
 
         public Tensor Query { get; }
+
+        /// <summary>The fused step's q|k|v projection.</summary>
+        public Tensor QueryKeyValue { get; }
 
         public Tensor QueryNormed { get; }
 
@@ -411,7 +604,11 @@ internal static class CudaBenchmark
 
         public Tensor Up { get; }
 
+        /// <summary>This rank's logits (its vocabulary run).</summary>
         public Tensor Logits { get; }
+
+        /// <summary>Every rank's logits, gathered on the device (<see cref="Logits"/> itself on one rank).</summary>
+        public Tensor AllLogits { get; }
 
         public Tensor[][] Keys { get; }
 

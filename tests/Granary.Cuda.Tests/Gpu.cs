@@ -15,6 +15,7 @@ internal static class Gpu
 {
     private static readonly Lazy<(CudaBackend? Backend, string Reason)> Device = new(Open);
     private static readonly Lazy<CpuBackend> Host = new(() => new CpuBackend());
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaBackend> Others = new();
 
     public static CudaBackend Backend
     {
@@ -37,6 +38,24 @@ internal static class Gpu
     }
 
     public static CpuBackend Cpu => Host.Value;
+
+    /// <summary>A backend on GPU <paramref name="device"/> (GPU 0's is <see cref="Backend"/>), made once per test run.</summary>
+    public static CudaBackend On(int device)
+    {
+        var first = Backend;
+        return device == 0 ? first : Others.GetOrAdd(device, d => new CudaBackend(d));
+    }
+
+    /// <summary>Skips the test on a machine with fewer than <paramref name="count"/> GPUs (even under GRANARY_REQUIRE_GPU=1).</summary>
+    public static void RequireDevices(int count)
+    {
+        _ = Backend;
+        var present = CudaBackend.DeviceCount();
+        if (present < count)
+        {
+            Assert.Skip($"Needs {count} GPUs (one rank per GPU); this machine has {present}.");
+        }
+    }
 
     private static (CudaBackend?, string) Open()
     {

@@ -56,8 +56,9 @@ public sealed class GraphTests
 }
 
 /// <summary>
-/// NCCL on one GPU: a 1-rank communicator runs every collective on device buffers, and two communicators live side
-/// by side in one process. Several ranks need several GPUs (one rank per GPU; NCCL refuses two ranks on one device).
+/// NCCL: a 1-rank communicator runs every collective on device buffers, two communicators live side by side in one
+/// process, and where the machine has several GPUs one process drives a communicator per GPU (NCCL refuses two ranks
+/// on one device).
 /// </summary>
 [Collection("gpu")]
 public sealed class NcclTests
@@ -108,6 +109,46 @@ public sealed class NcclTests
         first.AllReduce(bufferA);
         Assert.Equal(a, Pair.Read(bufferA));
         Assert.Equal(b, Pair.Read(bufferB));
+    }
+
+    /// <summary>ncclCommInitAll: one process drives a communicator per GPU, its collectives bracketed by a group call.</summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void CommunicatorsOfSeveralGpusInOneProcess(int gpus)
+    {
+        Gpu.RequireDevices(gpus);
+        var contributions = Enumerable.Range(0, gpus).Select(r => Random32.Floats(2048, 50 + r)).ToArray();
+        var sum = Enumerable.Range(0, 2048).Select(i => contributions.Sum(c => c[i])).ToArray();
+        var communicators = NcclCommunicator.CreateAll(Enumerable.Range(0, gpus).ToArray());
+        var tensors = Enumerable.Range(0, gpus).Select(r => Gpu.On(r).Upload(MemoryMarshal.AsBytes(contributions[r].AsSpan()), DType.F32, 2048)).ToArray();
+        try
+        {
+            Assert.Equal(Enumerable.Range(0, gpus), communicators.Select(c => c.Rank));
+            NcclCommunicator.GroupStart();
+            for (var rank = 0; rank < gpus; rank++)
+            {
+                communicators[rank].AllReduce(tensors[rank]);
+            }
+
+            NcclCommunicator.GroupEnd();
+            foreach (var tensor in tensors)
+            {
+                Pair.AssertClose(sum, Pair.Read(tensor), 1e-6);
+            }
+        }
+        finally
+        {
+            foreach (var tensor in tensors)
+            {
+                tensor.Dispose();
+            }
+
+            foreach (var communicator in communicators)
+            {
+                communicator.Dispose();
+            }
+        }
     }
 
     private static Tensor Upload(float[] values) => Gpu.Backend.Upload(MemoryMarshal.AsBytes(values.AsSpan()), DType.F32, values.Length);

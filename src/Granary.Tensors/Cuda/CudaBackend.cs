@@ -11,6 +11,9 @@ namespace Granary.Tensors.Cuda;
 /// Every operation is queued on the stream: a step makes no host round trip; <see cref="Download"/> and
 /// <see cref="Synchronize"/> wait. Memory comes from the stream-ordered pool, so allocating and freeing inside a step
 /// do not stall either. Calls from several threads must be serialised by the caller (as models do per forward pass).
+/// Beyond <see cref="IComputeBackend"/> it offers decode fusions (<see cref="AddRmsNorm"/>, <see cref="QkNormRopeAppend"/>,
+/// <see cref="SwiGluLinear"/>, attention at a position in device memory) with which a whole decode step is 9 kernels a
+/// layer and can be captured once as a graph replayed at every position.
 /// </summary>
 public sealed unsafe class CudaBackend : IComputeBackend
 {
@@ -29,6 +32,7 @@ public sealed unsafe class CudaBackend : IComputeBackend
     private static readonly string[][] DenseGemvKernels = [.. new[] { "f32", "f16", "bf16" }.Select(GemvNames)];
     private static readonly string[] Q4GemvKernels = GemvNames("q4");
     private static readonly string[] Q8GemvKernels = GemvNames("q8");
+    private static readonly string[][] SwiGluKernels = [.. new[] { "f32", "f16", "bf16" }.Select(t => Enumerable.Range(0, 9).Select(n => $"swiglu_{t}_{n}").ToArray())];
 
     [ThreadStatic]
     private static IntPtr t_currentContext;
@@ -37,6 +41,8 @@ public sealed unsafe class CudaBackend : IComputeBackend
     private readonly IntPtr _context;
     private readonly IntPtr _stream;
     private readonly CudaModule _kernels;
+    private readonly (int Major, int Minor) _computeCapability;
+    private CudaModule? _fusedKernels;
     private readonly CudaGemm _gemm;
     private readonly ConditionalWeakTable<IReadOnlyList<ExpertWeights?>, ExpertTable> _expertTables = [];
     private readonly List<ExpertTable> _expertTableList = [];
@@ -47,10 +53,14 @@ public sealed unsafe class CudaBackend : IComputeBackend
     private readonly Scratch _expertOutput;
     private bool _disposed;
 
-    /// <summary>Opens GPU <paramref name="device"/> (an ordinal among the visible devices).</summary>
+    /// <summary>
+    /// Opens GPU <paramref name="device"/> (an ordinal among the visible devices); by default this process's GPU
+    /// (<see cref="DeviceForThisProcess"/>), so each rank of `granary launch` takes its own.
+    /// </summary>
     /// <exception cref="CudaException">No driver, no GPU, or a CUDA library is missing.</exception>
-    public CudaBackend(int device = 0)
+    public CudaBackend(int? device = null)
     {
+        var index = device ?? DeviceForThisProcess();
         CudaLibraries.EnsureRegistered();
         CudaLibraries.Load(CudaLibraries.Driver);
         var init = Driver.cuInit(0);
@@ -61,13 +71,14 @@ public sealed unsafe class CudaBackend : IComputeBackend
 
         int count, ordinal, major, minor, multiprocessors;
         Driver.Check(Driver.cuDeviceGetCount(&count), "cuDeviceGetCount");
-        if (device < 0 || device >= count)
+        if (index < 0 || index >= count)
         {
-            throw new CudaException($"GPU {device} does not exist; the driver sees {count}.");
+            throw new CudaException($"GPU {index} does not exist; the driver sees {count}.");
         }
 
-        Driver.Check(Driver.cuDeviceGet(&ordinal, device), "cuDeviceGet");
+        Driver.Check(Driver.cuDeviceGet(&ordinal, index), "cuDeviceGet");
         _device = ordinal;
+        Device = index;
         IntPtr context;
         Driver.Check(Driver.cuDevicePrimaryCtxRetain(&context, ordinal), "cuDevicePrimaryCtxRetain");
         _context = context;
@@ -90,6 +101,7 @@ public sealed unsafe class CudaBackend : IComputeBackend
         Driver.Check(Driver.cuStreamCreate(&stream, Driver.CU_STREAM_NON_BLOCKING), "cuStreamCreate");
         _stream = stream;
         _kernels = new CudaModule(major, minor);
+        _computeCapability = (major, minor);
         CudaLibraries.Load(CudaLibraries.CublasLt);
         _gemm = new CudaGemm(AllocateRaw, Free);
         _attentionPartials = new Scratch(this);
@@ -99,7 +111,13 @@ public sealed unsafe class CudaBackend : IComputeBackend
         _expertOutput = new Scratch(this);
     }
 
+    /// <summary>Overrides the GPU ordinal <see cref="DeviceForThisProcess"/> picks.</summary>
+    public const string DeviceVariable = "GRANARY_CUDA_DEVICE";
+
     public string Name => "cuda";
+
+    /// <summary>The ordinal of this backend's GPU among the visible devices.</summary>
+    public int Device { get; }
 
     /// <summary>f32: see the class remarks.</summary>
     public DType ActivationDType => DType.F32;
@@ -146,6 +164,55 @@ public sealed unsafe class CudaBackend : IComputeBackend
             reason = e.Message;
             return false;
         }
+    }
+
+    /// <summary>How many GPUs the driver shows this process (0 without a driver or GPU).</summary>
+    public static int DeviceCount()
+    {
+        if (!IsAvailable(out _))
+        {
+            return 0;
+        }
+
+        int count = 0;
+        return Driver.cuDeviceGetCount(&count) == 0 ? count : 0;
+    }
+
+    /// <summary>
+    /// The GPU this process uses: <see cref="DeviceForRank"/> of GRANARY_RANK, which `granary launch` sets; GPU 0 (or
+    /// <c>GRANARY_CUDA_DEVICE</c>) outside a launch.
+    /// </summary>
+    public static int DeviceForThisProcess() =>
+        DeviceForRank(int.TryParse(Environment.GetEnvironmentVariable("GRANARY_RANK"), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var rank) ? rank : 0);
+
+    /// <summary>
+    /// The GPU of rank <paramref name="rank"/> (one process per GPU): <c>GRANARY_CUDA_DEVICE</c> when set, otherwise the
+    /// rank modulo the visible devices, so the local ranks 0..n-1 of one machine take GPUs 0..n-1 (and a rank whose
+    /// CUDA_VISIBLE_DEVICES names one GPU takes that one).
+    /// </summary>
+    public static int DeviceForRank(int rank)
+    {
+        if (Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } chosen)
+        {
+            return int.TryParse(chosen, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var ordinal) && ordinal >= 0
+                ? ordinal
+                : throw new CudaException($"{DeviceVariable}='{chosen}' is not a GPU ordinal.");
+        }
+
+        if (rank <= 0)
+        {
+            return 0;
+        }
+
+        CudaLibraries.EnsureRegistered();
+        CudaLibraries.Load(CudaLibraries.Driver);
+        int count = 0;
+        if (Driver.cuInit(0) != 0 || Driver.cuDeviceGetCount(&count) != 0 || count == 0)
+        {
+            throw new CudaException("The CUDA driver found no usable GPU.");
+        }
+
+        return rank % count;
     }
 
     /// <summary>The device address of a CUDA tensor's first element.</summary>
@@ -444,7 +511,7 @@ public sealed unsafe class CudaBackend : IComputeBackend
             "attention_partial",
             new Dim((uint)rows, (uint)splits),
             128,
-            [Arg(query), Arg(keyCache), Arg(valueCache), Arg(output), partials, heads, kvHeads, headDim, startPosition, scale, chunk, splits]);
+            [Arg(query), Arg(keyCache), Arg(valueCache), Arg(output), partials, heads, kvHeads, headDim, startPosition, scale, chunk, splits, 0UL]);
         if (splits > 1)
         {
             Launch("attention_combine", new Dim((uint)rows), (uint)Math.Max(32, (headDim + 31) / 32 * 32), [partials, Arg(output), headDim, splits]);
@@ -526,6 +593,195 @@ public sealed unsafe class CudaBackend : IComputeBackend
     }
 
     /// <summary>
+    /// Decode fusion: <paramref name="residual"/> += <paramref name="delta"/> (when given), then
+    /// <paramref name="output"/> = RMSNorm(residual) * weight: <see cref="Add"/> and <see cref="RmsNorm"/> in one kernel.
+    /// </summary>
+    public void AddRmsNorm(Tensor residual, Tensor? delta, Tensor weight, float epsilon, Tensor output)
+    {
+        RequireF32(residual, nameof(residual));
+        RequireF32(output, nameof(output));
+        RequireSameShape(residual, output);
+        if (delta is not null)
+        {
+            RequireF32(delta, nameof(delta));
+            RequireSameShape(residual, delta);
+        }
+
+        ArgumentNullException.ThrowIfNull(weight);
+        if (!weight.DType.IsFloatingPoint() || weight.ElementCount != residual.Columns)
+        {
+            throw new ArgumentException($"RmsNorm weight {weight} must be a floating-point vector of {residual.Columns} elements for {residual}.", nameof(weight));
+        }
+
+        if (residual.Rows > 0)
+        {
+            LaunchFused(
+                "add_rms_norm",
+                new Dim((uint)residual.Rows),
+                RowThreads(residual.Columns),
+                [Arg(residual), delta is null ? 0UL : PointerOf(delta), Arg(weight), (int)weight.DType, epsilon, Arg(output), residual.Columns]);
+        }
+    }
+
+    /// <summary>
+    /// Decode fusion of a fused q|k|v projection's output <paramref name="qkv"/> [n, (heads + 2 kvHeads) headDim]: RMSNorm
+    /// of each query and key head (when the norms are given, as Qwen3 has), rotary embedding at
+    /// <paramref name="positions"/> (i32 [n] in device memory, so a captured step can be replayed at later positions),
+    /// queries into <paramref name="query"/> [n, heads, headDim] and keys and values appended to the caches
+    /// [capacity, kvHeads, headDim] at each token's position. Replaces two RMSNorms, two RoPEs and two cache copies.
+    /// </summary>
+    public void QkNormRopeAppend(
+        Tensor qkv, Tensor? queryNorm, Tensor? keyNorm, float epsilon, Tensor positions, Tensor inverseFrequency, float attentionScaling,
+        Tensor query, Tensor keyCache, Tensor valueCache)
+    {
+        RequireF32(qkv, nameof(qkv));
+        RequireF32(query, nameof(query));
+        RequireF32(keyCache, nameof(keyCache));
+        RequireF32(valueCache, nameof(valueCache));
+        RequireF32(inverseFrequency, nameof(inverseFrequency));
+        RequireDType(positions, DType.I32, nameof(positions));
+        if (query.Rank != 3 || keyCache.Rank != 3 || !keyCache.Shape.AsSpan().SequenceEqual(valueCache.Shape))
+        {
+            throw new ArgumentException($"QkNormRopeAppend needs query [n, heads, headDim] and equal caches [capacity, kvHeads, headDim]; got {query}, {keyCache}, {valueCache}.");
+        }
+
+        var (n, heads, headDim, kvHeads) = (query.Dim(0), query.Dim(1), query.Dim(2), keyCache.Dim(1));
+        if (keyCache.Dim(2) != headDim || headDim % 2 != 0 || headDim > MaxHeadDim || qkv.Rows != n || qkv.Columns != (heads + (2 * kvHeads)) * headDim
+            || positions.ElementCount != n || inverseFrequency.ElementCount != headDim / 2)
+        {
+            throw new ArgumentException(
+                $"QkNormRopeAppend: qkv {qkv} must be [{n}, {(heads + (2 * kvHeads)) * headDim}], positions [{n}], inverse frequencies [{headDim / 2}] " +
+                $"for query {query} and caches {keyCache} (even head dim up to {MaxHeadDim}).");
+        }
+
+        var normType = 0;
+        foreach (var norm in new[] { queryNorm, keyNorm })
+        {
+            if (norm is not null && (!norm.DType.IsFloatingPoint() || norm.ElementCount != headDim || norm.Buffer is not CudaBuffer))
+            {
+                throw new ArgumentException($"Head norm {norm} must be a CUDA floating-point vector of {headDim} elements.");
+            }
+
+            normType = norm is null ? normType : (int)norm.DType;
+        }
+
+        if (queryNorm is not null && keyNorm is not null && queryNorm.DType != keyNorm.DType)
+        {
+            throw new ArgumentException($"Query and key norms must share a dtype; got {queryNorm} and {keyNorm}.");
+        }
+
+        if (n > 0)
+        {
+            LaunchFused(
+                "qk_norm_rope_append",
+                new Dim((uint)n, (uint)(heads + (2 * kvHeads))),
+                RowThreads(headDim),
+                [Arg(qkv), heads, kvHeads, headDim, queryNorm is null ? 0UL : PointerOf(queryNorm), keyNorm is null ? 0UL : PointerOf(keyNorm), normType, epsilon,
+                 Arg(positions), Arg(inverseFrequency), attentionScaling, Arg(query), Arg(keyCache), Arg(valueCache)]);
+        }
+    }
+
+    /// <summary>
+    /// Decode fusion: <paramref name="output"/> [n, inner] = silu(x Wg^T) * (x Wu^T) for <paramref name="gateUp"/>, the gate
+    /// and up projections stacked as one [2 inner, in] weight: both projections and SiLU-mul in one pass (n &lt;= 8).
+    /// </summary>
+    public void SwiGluLinear(Tensor input, DenseWeight gateUp, Tensor output)
+    {
+        ArgumentNullException.ThrowIfNull(gateUp);
+        RequireF32(input, nameof(input));
+        RequireF32(output, nameof(output));
+        var n = (int)input.Rows;
+        if (input.Columns != gateUp.InFeatures || gateUp.OutFeatures != 2 * output.Columns || output.Rows != n || gateUp.Bias is not null)
+        {
+            throw new ArgumentException($"SwiGluLinear needs a bias-free [2 inner, {input.Columns}] weight for input {input} and output [n, inner]; got {gateUp.Weight} and {output}.");
+        }
+
+        if (n > GemvMaxTokens)
+        {
+            throw new ArgumentException($"SwiGluLinear is a decode GEMV for up to {GemvMaxTokens} tokens, got {n}.", nameof(input));
+        }
+
+        RequireDisjoint(input, output);
+        if (n == 0)
+        {
+            return;
+        }
+
+        if (gateUp.Weight.DType is not (DType.F32 or DType.F16 or DType.BF16))
+        {
+            throw new ArgumentException($"SwiGluLinear weights must be f32, f16 or bf16, got {gateUp.Weight}.", nameof(gateUp));
+        }
+
+        var tokensPerPass = TokensPerPass(n);
+        var perVector = gateUp.Weight.DType == DType.F32 ? 4 : 8;
+        var vectorized = input.Columns % perVector == 0 && PointerOf(gateUp.Weight) % 16 == 0 && PointerOf(input) % 16 == 0 ? 1 : 0;
+        LaunchFused(
+            SwiGluKernels[(int)gateUp.Weight.DType][tokensPerPass],
+            new Dim(Blocks(output.Columns, GemvRowsPerBlock), (uint)((n + tokensPerPass - 1) / tokensPerPass)),
+            GemvThreads,
+            [Arg(gateUp.Weight), Arg(input), Arg(output), input.Columns, output.Columns, n, vectorized]);
+    }
+
+    /// <summary>
+    /// <see cref="Attention(Tensor, Tensor, Tensor, int, float, Tensor)"/> with the start position read from device
+    /// memory (<paramref name="startPosition"/>, i32 [1]), so a captured decode step can be replayed at every position:
+    /// the keys are split for <paramref name="positionLimit"/> (an upper bound of start + n), and splits past the
+    /// position do nothing.
+    /// </summary>
+    public void Attention(Tensor query, Tensor keyCache, Tensor valueCache, Tensor startPosition, int positionLimit, float scale, Tensor output)
+    {
+        RequireF32(query, nameof(query));
+        RequireF32(keyCache, nameof(keyCache));
+        RequireF32(valueCache, nameof(valueCache));
+        RequireF32(output, nameof(output));
+        RequireDType(startPosition, DType.I32, nameof(startPosition));
+        if (query.Rank != 3 || keyCache.Rank != 3 || !keyCache.Shape.AsSpan().SequenceEqual(valueCache.Shape) || startPosition.ElementCount < 1)
+        {
+            throw new ArgumentException($"Attention needs query [n, heads, headDim], equal caches [capacity, kvHeads, headDim] and a start position; got {query}, {keyCache}, {valueCache}, {startPosition}.");
+        }
+
+        RequireSameShape(query, output);
+        var (n, heads, headDim) = (query.Dim(0), query.Dim(1), query.Dim(2));
+        var kvHeads = keyCache.Dim(1);
+        if (keyCache.Dim(2) != headDim || kvHeads == 0 || heads % kvHeads != 0 || headDim > MaxHeadDim)
+        {
+            throw new ArgumentException($"Query {query} and caches {keyCache}: head dims must match (up to {MaxHeadDim}) and heads must be a multiple of kv heads.");
+        }
+
+        if (positionLimit < n || positionLimit > keyCache.Dim(0))
+        {
+            throw new ArgumentOutOfRangeException(nameof(positionLimit), positionLimit, $"The position limit must lie in [{n}, {keyCache.Dim(0)}] for {n} queries and the cache {keyCache}.");
+        }
+
+        if (n == 0)
+        {
+            return;
+        }
+
+        var rows = n * heads;
+        var wanted = Math.Max(1, (4 * MultiprocessorCount + rows - 1) / rows);
+        var chunk = Math.Max(32, (positionLimit + wanted - 1) / wanted);
+        var splits = (positionLimit + chunk - 1) / chunk;
+        var partials = splits > 1 ? _attentionPartials.Get(4L * rows * splits * (headDim + 2)) : 0UL;
+        Launch(
+            "attention_partial",
+            new Dim((uint)rows, (uint)splits),
+            128,
+            [Arg(query), Arg(keyCache), Arg(valueCache), Arg(output), partials, heads, kvHeads, headDim, 0, scale, chunk, splits, Arg(startPosition)]);
+        if (splits > 1)
+        {
+            Launch("attention_combine", new Dim((uint)rows), (uint)Math.Max(32, (headDim + 31) / 32 * 32), [partials, Arg(output), headDim, splits]);
+        }
+    }
+
+    /// <summary>Adds <paramref name="step"/> to every element of i32 <paramref name="positions"/> on the device (the last node of a replayed decode step).</summary>
+    public void AdvancePositions(Tensor positions, int step)
+    {
+        RequireDType(positions, DType.I32, nameof(positions));
+        LaunchFused("advance_positions", new Dim(1), 32, [Arg(positions), (int)positions.ElementCount, step]);
+    }
+
+    /// <summary>
     /// Fills a floating-point tensor with deterministic uniform values in [low, high) computed on the device (weights
     /// for benchmarks, inputs for tests) without moving them over PCIe.
     /// </summary>
@@ -585,17 +841,21 @@ public sealed unsafe class CudaBackend : IComputeBackend
         _gemm.Dispose();
         _ = Driver.cuStreamSynchronize(_stream);
         _kernels.Dispose();
+        _fusedKernels?.Dispose();
         _ = Driver.cuStreamDestroy_v2(_stream);
         _disposed = true;
         _ = Driver.cuDevicePrimaryCtxRelease_v2(_device);
     }
 
-    internal void MakeCurrent()
+    internal void MakeCurrent() => MakeCurrent(_context);
+
+    /// <summary>Makes <paramref name="context"/> current on this thread (cached: every CUDA type here goes through it).</summary>
+    internal static void MakeCurrent(IntPtr context)
     {
-        if (t_currentContext != _context)
+        if (t_currentContext != context)
         {
-            Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
-            t_currentContext = _context;
+            Driver.Check(Driver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+            t_currentContext = context;
         }
     }
 
@@ -763,10 +1023,19 @@ public sealed unsafe class CudaBackend : IComputeBackend
         }
     }
 
-    private void Launch(string kernel, Dim grid, uint threads, ReadOnlySpan<KernelArgument> arguments)
+    private void Launch(string kernel, Dim grid, uint threads, ReadOnlySpan<KernelArgument> arguments) => Launch(_kernels, kernel, grid, threads, arguments);
+
+    private void LaunchFused(string kernel, Dim grid, uint threads, ReadOnlySpan<KernelArgument> arguments)
     {
         MakeCurrent();
-        var function = _kernels[kernel];
+        _fusedKernels ??= new CudaModule(_computeCapability.Major, _computeCapability.Minor, CudaModule.FusedSources);
+        Launch(_fusedKernels, kernel, grid, threads, arguments);
+    }
+
+    private void Launch(CudaModule module, string kernel, Dim grid, uint threads, ReadOnlySpan<KernelArgument> arguments)
+    {
+        MakeCurrent();
+        var function = module[kernel];
         var values = stackalloc ulong[arguments.Length];
         var pointers = stackalloc void*[arguments.Length];
         for (var i = 0; i < arguments.Length; i++)

@@ -5,19 +5,23 @@ namespace Granary.Tensors.Cuda;
 
 /// <summary>
 /// The backend's kernels: the embedded CUDA C sources (Kernels/*.cu) compiled once by NVRTC for the device's exact
-/// architecture and loaded as one module. Functions are looked up by name on first use.
+/// architecture and loaded as one module (the decode fusions as a second one, when first used). Functions are looked
+/// up by name on first use.
 /// </summary>
 internal sealed unsafe class CudaModule : IDisposable
 {
     // Order matters: later files use helpers of earlier ones.
     private static readonly string[] Sources = ["common.cuh", "elementwise.cu", "linear.cu", "attention.cu", "moe.cu"];
 
+    /// <summary>The decode fusions, a module of their own (compiled on first use) on the GEMV helpers of linear.cu.</summary>
+    internal static readonly string[] FusedSources = ["common.cuh", "linear.cu", "fused.cu"];
+
     private readonly IntPtr _module;
     private readonly Dictionary<string, IntPtr> _functions = [];
 
-    public CudaModule(int computeMajor, int computeMinor)
+    public CudaModule(int computeMajor, int computeMinor, string[]? sources = null)
     {
-        var cubin = Compile(LoadSource(), $"sm_{computeMajor}{computeMinor}");
+        var cubin = Compile(LoadSource(sources ?? Sources), $"sm_{computeMajor}{computeMinor}");
         fixed (byte* image = cubin)
         {
             IntPtr module;
@@ -50,11 +54,11 @@ internal sealed unsafe class CudaModule : IDisposable
 
     public void Dispose() => _ = Driver.cuModuleUnload(_module);
 
-    internal static string LoadSource()
+    internal static string LoadSource(string[] sources)
     {
         var assembly = typeof(CudaModule).Assembly;
         var text = new StringBuilder();
-        foreach (var file in Sources)
+        foreach (var file in sources)
         {
             var resource = assembly.GetManifestResourceNames().Single(n => n.EndsWith(".Cuda.Kernels." + file, StringComparison.Ordinal));
             using var stream = assembly.GetManifestResourceStream(resource)!;

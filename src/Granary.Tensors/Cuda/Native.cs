@@ -11,6 +11,8 @@ internal static unsafe class Driver
     public const int CU_STREAM_NON_BLOCKING = 1;
     public const int CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
     public const int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
+    public const int CU_EVENT_DISABLE_TIMING = 2;
+    public const int CUDA_ERROR_NOT_READY = 600;
 
     private const string Lib = CudaLibraries.Driver;
 
@@ -34,6 +36,11 @@ internal static unsafe class Driver
     [DllImport(Lib)] public static extern int cuStreamCreate(IntPtr* stream, uint flags);
     [DllImport(Lib)] public static extern int cuStreamDestroy_v2(IntPtr stream);
     [DllImport(Lib)] public static extern int cuStreamSynchronize(IntPtr stream);
+    [DllImport(Lib)] public static extern int cuStreamQuery(IntPtr stream);
+    [DllImport(Lib)] public static extern int cuStreamWaitEvent(IntPtr stream, IntPtr @event, uint flags);
+    [DllImport(Lib)] public static extern int cuEventCreate(IntPtr* @event, uint flags);
+    [DllImport(Lib)] public static extern int cuEventRecord(IntPtr @event, IntPtr stream);
+    [DllImport(Lib)] public static extern int cuEventDestroy_v2(IntPtr @event);
     [DllImport(Lib)] public static extern int cuStreamBeginCapture_v2(IntPtr stream, int mode);
     [DllImport(Lib)] public static extern int cuStreamEndCapture(IntPtr stream, IntPtr* graph);
     [DllImport(Lib)] public static extern int cuGraphInstantiateWithFlags(IntPtr* graphExec, IntPtr graph, ulong flags);

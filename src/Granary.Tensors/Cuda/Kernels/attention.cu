@@ -1,6 +1,7 @@
 // Causal grouped-query attention over an f32 KV cache, split over the sequence (flash-decoding): block (row, split)
 // runs an online softmax over its slice of keys with 4 warps, one key per warp at a time; a second kernel merges the
-// splits. Queries are rows of q [n, heads, head_dim] at positions start..start+n-1.
+// splits. Queries are rows of q [n, heads, head_dim] at positions start..start+n-1 (start from device memory when
+// start_at is given).
 
 #define ATT_WARPS 4
 #define MAX_HEAD_DIM 256
@@ -8,8 +9,10 @@
 
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_partial(
     const float* q, const float* keys, const float* values, float* out, float* partial,
-    int heads, int kv_heads, int head_dim, int start, float scale, int chunk, int splits)
+    int heads, int kv_heads, int head_dim, int start, float scale, int chunk, int splits, const int* start_at)
 {
+    // A graph replayed at every decode step reads the position from device memory; splits past it find no keys.
+    if (start_at) start = *start_at;
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float warp_max_score[ATT_WARPS], warp_sum_weight[ATT_WARPS];
     __shared__ float warp_acc[ATT_WARPS][MAX_HEAD_DIM];
