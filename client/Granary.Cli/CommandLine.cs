@@ -13,10 +13,12 @@ internal static class CommandLine
             ["launch"] = (LaunchCommand.Summary, LaunchCommand.RunAsync),
             ["config"] = (ConfigCommand.Summary, ConfigCommand.RunAsync),
             ["collectives-check"] = (CollectivesCheckCommand.Summary, CollectivesCheckCommand.RunAsync),
+            ["demo"] = (DemoCommand.Summary, DemoCommand.RunAsync),
             ["status"] = (Granary.Cli.Commands.StatusCommand.Summary, Granary.Cli.Commands.StatusCommand.RunAsync),
             ["db"] = (Granary.Cli.Commands.DbCommand.Summary, Granary.Cli.Commands.DbCommand.RunAsync),
             ["lora"] = (LoraCommand.Summary, LoraCommand.RunAsync),
             ["fuse"] = (FuseCommand.Summary, FuseCommand.RunAsync),
+            ["serve"] = (ServeCommand.Summary, ServeCommand.RunAsync),
         };
 
     public static async Task<int> RunAsync(string[] args)

@@ -162,6 +162,52 @@ public sealed class GranaryClient : IAsyncDisposable
             Sampling = sampling ?? new SamplingSettings(),
         }, cancellationToken);
 
+    /// <summary>
+    /// Fine-tunes <paramref name="model"/> with LoRA, data parallel over the live silos, and streams the reports. A silo
+    /// that dies makes the survivors resume from the last checkpoint in <see cref="TrainingJob.AdapterPath"/>.
+    /// </summary>
+    public async IAsyncEnumerable<TrainingProgress> TrainAsync(
+        string model,
+        TrainingJob job,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        job.Validate();
+        var restarts = job.PriorRestarts;
+        for (var resumes = 0; ; resumes++)
+        {
+            var stream = Coordinator(model).TrainAsync(job, cancellationToken).GetAsyncEnumerator(cancellationToken);
+            try
+            {
+                while (true)
+                {
+                    try
+                    {
+                        if (!await stream.MoveNextAsync())
+                        {
+                            yield break;
+                        }
+                    }
+                    catch (Exception e) when (IsLostStream(e, cancellationToken) && resumes < MaxResumes)
+                    {
+                        break;
+                    }
+
+                    restarts = stream.Current.Restarts;
+                    yield return stream.Current;
+                }
+            }
+            finally
+            {
+                await DisposeQuietlyAsync(stream);
+            }
+
+            // The coordinator was lost: a new one goes on from the last checkpoint.
+            job = job with { Resume = true, PriorRestarts = restarts + 1 };
+            await Task.Delay(ResumeDelay, cancellationToken);
+        }
+    }
+
     /// <summary>Silos with their memory, backend, shards and running work, and the loaded models' plans.</summary>
     public Task<ClusterStatus> StatusAsync(CancellationToken cancellationToken = default) =>
         _cluster.GetGrain<IClusterStatusGrain>(0).GetStatusAsync().WaitAsync(cancellationToken);
@@ -192,7 +238,7 @@ public sealed class GranaryClient : IAsyncDisposable
         !cancellationToken.IsCancellationRequested
         && error is EnumerationAbortedException or SiloUnavailableException or OrleansMessageRejectionException;
 
-    private static async ValueTask DisposeQuietlyAsync(IAsyncEnumerator<TokenChunk> stream)
+    private static async ValueTask DisposeQuietlyAsync<T>(IAsyncEnumerator<T> stream)
     {
         try
         {

@@ -1,4 +1,5 @@
 using System.Net;
+using Granary.Grains;
 using Microsoft.Extensions.Options;
 
 namespace Granary.Silo;
@@ -39,6 +40,15 @@ public sealed class GranarySiloOptions
     public long? MemoryLimitBytes { get; set; }
 
     public MembershipSettings Membership { get; set; } = new();
+
+    /// <summary>
+    /// When set, the silo stops once this process is gone: a launcher (`granary demo`) that dies, even by SIGKILL,
+    /// leaves no silo behind.
+    /// </summary>
+    public int? ParentProcessId { get; set; }
+
+    /// <summary>How this silo's coordinators lay models out and fail over (layout preference, shard count, data-plane timeouts).</summary>
+    public CoordinatorOptions Coordinator { get; set; } = new();
 
     public string EffectiveSiloName => SiloName.Length > 0 ? SiloName : $"{Environment.MachineName}-{SiloPort}";
 }
@@ -124,6 +134,11 @@ internal sealed class GranarySiloOptionsValidator : IValidateOptions<GranarySilo
         if (options.Threads is < 1)
         {
             failures.Add($"Threads must be at least 1, got {options.Threads}.");
+        }
+
+        if (new CoordinatorOptionsValidator().Validate(name, options.Coordinator) is { Failed: true } coordinator)
+        {
+            failures.AddRange(coordinator.Failures.Select(failure => $"Coordinator: {failure}"));
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);

@@ -1,3 +1,4 @@
+using Granary.Gateway;
 using Granary.Silo;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -20,7 +21,17 @@ builder.Logging.AddSimpleConsole(console =>
 });
 
 var options = new GranarySiloOptions();
-builder.Configuration.GetSection(GranarySiloOptions.SectionName).Bind(options);
+try
+{
+    builder.Configuration.GetSection(GranarySiloOptions.SectionName).Bind(options);
+}
+catch (InvalidOperationException e)
+{
+    // A value of the wrong type (e.g. --layout Tensr): say which, without a stack trace.
+    Console.Error.WriteLine($"Granary.Silo: invalid configuration: {e.Message} {e.InnerException?.Message}");
+    return 2;
+}
+
 var validation = new GranarySiloOptionsValidator().Validate(null, options);
 if (validation.Failed)
 {
@@ -31,6 +42,26 @@ if (validation.Failed)
 // SIGTERM and Ctrl+C stop the host, which lets the silo leave the cluster gracefully within this time.
 builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = TimeSpan.FromSeconds(30));
 builder.UseOrleans(silo => silo.UseGranarySilo(options));
+if (options.ParentProcessId is { } parent)
+{
+    builder.Services.AddHostedService(services => new ParentProcessWatch(parent, services.GetRequiredService<IHostApplicationLifetime>()));
+}
+
+// The REST gateway runs inside the silo when the "Granary:Gateway" section (or --gateway-http-port) is given.
+var gateway = builder.Configuration.GetSection(GatewayOptions.SectionName);
+if (gateway.Exists())
+{
+    var gatewayOptions = new GatewayOptions();
+    gateway.Bind(gatewayOptions);
+    var gatewayValidation = new GatewayOptionsValidator().Validate(null, gatewayOptions);
+    if (gatewayValidation.Failed)
+    {
+        Console.Error.WriteLine($"Granary.Silo: invalid configuration: {gatewayValidation.FailureMessage}");
+        return 2;
+    }
+
+    builder.Services.AddGranaryGatewayServer(settings => gateway.Bind(settings));
+}
 
 using var host = builder.Build();
 var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();

@@ -18,6 +18,11 @@ internal static class SiloCommandLine
         ["--membership"] = "Granary:Membership:Provider",
         ["--primary-silo"] = "Granary:Membership:PrimarySiloEndpoint",
         ["--connection"] = "Granary:Membership:ConnectionString",
+        ["--layout"] = "Granary:Coordinator:Layout",
+        ["--max-shards"] = "Granary:Coordinator:MaxShards",
+        ["--failover-timeout"] = "Granary:Coordinator:FailoverTimeout",
+        ["--parent-pid"] = "Granary:ParentProcessId",
+        ["--gateway-http-port"] = "Granary:Gateway:Port",
     };
 
     public static void PrintUsage(TextWriter writer)

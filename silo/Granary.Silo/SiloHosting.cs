@@ -50,6 +50,19 @@ public static class SiloHosting
             modelHost.Backend = options.Backend;
             modelHost.Threads = options.Threads;
             modelHost.MemoryLimitBytes = options.MemoryLimitBytes;
+        },
+        coordinator =>
+        {
+            var settings = options.Coordinator;
+            coordinator.Layout = settings.Layout;
+            coordinator.MaxShards = settings.MaxShards;
+            coordinator.DataPlaneBackend = settings.DataPlaneBackend;
+            coordinator.DataPlaneTimeout = settings.DataPlaneTimeout;
+            coordinator.GroupFormationTimeout = settings.GroupFormationTimeout;
+            coordinator.ProbeTimeout = settings.ProbeTimeout;
+            coordinator.MaxFailovers = settings.MaxFailovers;
+            coordinator.FailoverTimeout = settings.FailoverTimeout;
+            coordinator.FailoverRetryDelay = settings.FailoverRetryDelay;
         });
     }
 }

@@ -17,8 +17,27 @@ public interface IHostAgentGrain : IGrainWithStringKey
 [Alias("granary.IShardGrain")]
 public interface IShardGrain : IGrainWithStringKey
 {
-    /// <summary>Loads the shard if this silo does not hold it yet.</summary>
+    /// <summary>Loads the shard if this silo does not hold it yet (a whole model, in a plan of one shard).</summary>
     Task<ShardStatus> LoadAsync(ShardAssignment assignment, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// First step of loading a split model: binds a data-plane listener on this silo's address for the plan version of
+    /// <paramref name="assignment"/> and returns its endpoint, which the coordinator hands to every shard of the plan.
+    /// </summary>
+    Task<DataPlaneEndpoint> OpenDataPlaneAsync(ShardAssignment assignment);
+
+    /// <summary>
+    /// Second step: forms the plan's collective <paramref name="group"/> (within its connect timeout) and loads this
+    /// shard's part of the model over it.
+    /// </summary>
+    Task<ShardStatus> LoadInGroupAsync(ShardAssignment assignment, ShardGroup group, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Starts this shard's part of one generation of a split model, which the plan's leader drives over the data
+    /// plane (it broadcasts every step's token ids); returns once started. The part ends when the leader ends the
+    /// generation, or with the group when a peer fails.
+    /// </summary>
+    Task FollowAsync(string jobId, int planVersion);
 
     /// <summary>Turns a prompt into token ids with the model's tokenizer and chat format.</summary>
     Task<int[]> EncodePromptAsync(Prompt prompt);
@@ -46,6 +65,12 @@ public interface ICoordinatorGrain : IGrainWithStringKey
     /// stream resumes from the tokens already produced.
     /// </summary>
     IAsyncEnumerable<TokenChunk> GenerateAsync(GenerationJob job, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Fine-tunes the model data parallel over the live silos that can hold it and streams the reports. If a silo
+    /// dies, training resumes on the survivors from the last checkpoint.
+    /// </summary>
+    IAsyncEnumerable<TrainingProgress> TrainAsync(TrainingJob job, CancellationToken cancellationToken = default);
 
     Task UnloadAsync();
 }
@@ -82,3 +107,17 @@ public sealed class ShardNotLoadedException : Exception
 /// <summary>No set of live silos can hold the model; the message lists what each silo offered.</summary>
 [GenerateSerializer, Alias("granary.InsufficientClusterCapacityException")]
 public sealed class InsufficientClusterCapacityException(string message) : Exception(message);
+
+/// <summary>
+/// A shard's collective group failed (a peer died, stalled past the timeout, or left): every shard of that plan version
+/// must be loaded again in a new group, so the coordinator re-plans.
+/// </summary>
+[GenerateSerializer, Alias("granary.ShardGroupException")]
+public sealed class ShardGroupException : Exception
+{
+    public ShardGroupException(string shardKey, string message)
+        : base(message) => ShardKey = shardKey;
+
+    [Id(0)]
+    public string ShardKey { get; private set; }
+}

@@ -29,6 +29,7 @@ public sealed class Group : IDisposable
                      new TcpTransportFactory("ring", TcpAlgorithm.Ring),
                      new TcpTransportFactory("mesh", TcpAlgorithm.Mesh),
                      new SharedMemoryTransportFactory(),
+                     new Nccl.NcclTransportFactory(),
                  })
         {
             Factories[factory.Name] = factory;
@@ -93,7 +94,44 @@ public sealed class Group : IDisposable
             throw new ArgumentException($"Unknown collective backend '{options.Backend}'; known: auto, {string.Join(", ", Factories.Keys.Order())}.");
         }
 
-        var fabric = TcpFabric.Connect(options);
+        return Create(options, name, TcpFabric.Connect(options));
+    }
+
+    /// <summary>
+    /// Forms a group from a peer table exchanged by the caller instead of through a coordinator rank: every rank binds
+    /// its <paramref name="listener"/> first, the endpoints are gathered and handed out (in rank order) by some
+    /// control plane, then every rank calls this with the same <paramref name="peers"/> and <paramref name="groupId"/>.
+    /// <see cref="CollectiveOptions.Rank"/> and <see cref="CollectiveOptions.WorldSize"/> must match the table; the
+    /// listener is taken over. <see cref="CollectiveOptions.Coordinator"/> and <see cref="CollectiveOptions.Hosts"/> are not used.
+    /// </summary>
+    public static Group Init(CollectiveOptions options, DataPlaneListener listener, IReadOnlyList<DataPlanePeer> peers, Guid groupId)
+    {
+        ArgumentNullException.ThrowIfNull(listener);
+        ArgumentNullException.ThrowIfNull(peers);
+        options = options.Clone();
+        options.Hosts = null;
+        options.Validate();
+        if (peers.Count != options.WorldSize)
+        {
+            throw new ArgumentException($"The peer table lists {peers.Count} ranks but the world size is {options.WorldSize}.", nameof(peers));
+        }
+
+        if (peers[options.Rank] != listener.Endpoint)
+        {
+            throw new ArgumentException($"Rank {options.Rank} of the peer table is {peers[options.Rank]}, not this listener's {listener.Endpoint}.", nameof(peers));
+        }
+
+        var name = options.Backend.ToLowerInvariant() is "auto" or "any" ? null : options.Backend;
+        if (name is not null && !Factories.ContainsKey(name))
+        {
+            throw new ArgumentException($"Unknown collective backend '{options.Backend}'; known: auto, {string.Join(", ", Factories.Keys.Order())}.");
+        }
+
+        return Create(options, name, TcpFabric.ConnectToPeers(options, listener.Take(), peers, groupId));
+    }
+
+    private static Group Create(CollectiveOptions options, string? name, TcpFabric fabric)
+    {
         var bootstrap = new TcpTransport(fabric, Enumerable.Range(0, options.WorldSize).ToArray(), TcpAlgorithm.Mesh, ownsFabric: true);
         try
         {

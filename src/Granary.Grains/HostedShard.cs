@@ -1,4 +1,5 @@
 using Granary.Abstractions;
+using Granary.Collectives;
 using Granary.Models;
 using Granary.Models.Configuration;
 using Granary.Models.Generation;
@@ -7,21 +8,32 @@ using FinishReason = Granary.Abstractions.FinishReason;
 
 namespace Granary.Grains;
 
-/// <summary>A shard's loaded weights in the model host, and the generations that run on them one at a time.</summary>
+/// <summary>
+/// A shard's loaded weights in the model host, and the generations that run on them one at a time. A shard of a split
+/// model also holds its plan's data-plane group; once that group fails the shard is useless and must be loaded again.
+/// </summary>
 public sealed class HostedShard
 {
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly long _weightBytes;
+    private readonly ShardGroups? _groups;
     private bool _released;
+    private volatile string? _groupFailure;
 
-    internal HostedShard(ShardAssignment assignment, LoadedModel model, DateTimeOffset loadedAt, TimeSpan loadTime)
+    internal HostedShard(ShardAssignment assignment, LoadedModel model, DateTimeOffset loadedAt, TimeSpan loadTime, ShardGroups? groups = null)
     {
         Assignment = assignment;
         Model = model;
         LoadedAt = loadedAt;
         LoadTime = loadTime;
-        _weightBytes = Directory.EnumerateFiles(model.Directory, "*.safetensors").Sum(path => new FileInfo(path).Length);
+        _groups = groups;
+        _weightBytes = groups is null
+            ? Directory.EnumerateFiles(model.Directory, "*.safetensors").Sum(path => new FileInfo(path).Length)
+            : model.Model.WeightBytesHeld;
     }
+
+    /// <summary>The data-plane group of the plan this shard of a split model belongs to; null for a whole model.</summary>
+    public ShardGroup? Group => _groups?.Setup;
 
     /// <summary>The assignment of the latest plan that uses this shard.</summary>
     public ShardAssignment Assignment { get; internal set; }
@@ -32,14 +44,16 @@ public sealed class HostedShard
 
     public TimeSpan LoadTime { get; }
 
-    /// <summary>Bytes of the checkpoint files this shard holds.</summary>
+    /// <summary>Bytes of weights this shard holds: the checkpoint files of a whole model, its share of a split one.</summary>
     public long WeightBytes => _weightBytes;
 
     public ShardStatus ToStatus() => new(Assignment, Model.Directory, WeightBytes, LoadedAt, LoadTime);
 
     /// <summary>Whether the weights held serve <paramref name="assignment"/> (same layers and tensor split).</summary>
-    internal bool Covers(ShardAssignment assignment) =>
-        assignment.FirstLayer == Assignment.FirstLayer
+    internal bool Covers(ShardAssignment assignment, ShardGroup? group) =>
+        group?.GroupId == Group?.GroupId
+        && _groupFailure is null
+        && assignment.FirstLayer == Assignment.FirstLayer
         && assignment.LayerCount == Assignment.LayerCount
         && assignment.TensorRank == Assignment.TensorRank
         && assignment.TensorGroupSize == Assignment.TensorGroupSize;
@@ -96,6 +110,12 @@ public sealed class HostedShard
                 throw new ShardNotLoadedException(Assignment.Shard.ToGrainKey());
             }
 
+            if (_groups is { } groups)
+            {
+                RunInGroup(() => Lockstep.Lead(Model, groups.World, request, Sampling(request.Job.Sampling, Model.Generation), work, emit, cancellationToken));
+                return;
+            }
+
             var job = request.Job;
             var engineRequest = new GenerationRequest
             {
@@ -131,7 +151,51 @@ public sealed class HostedShard
         }
     }
 
-    /// <summary>Frees the weights once no generation is using them.</summary>
+    /// <summary>
+    /// A follower's part of one generation of a split model: runs the forward passes the leader broadcasts until it
+    /// ends the generation. Generations on a shard run one at a time, in the order the leader runs them.
+    /// </summary>
+    internal void Follow(RunningWork work)
+    {
+        var groups = _groups ?? throw new InvalidOperationException($"Shard {Assignment.Shard} holds a whole model; only shards of a split model follow a leader.");
+        _gate.Wait();
+        try
+        {
+            if (_released)
+            {
+                throw new ShardNotLoadedException(Assignment.Shard.ToGrainKey());
+            }
+
+            RunInGroup(() => Lockstep.Follow(Model.Model, groups.World, work));
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    /// <summary>Runs collective work; a failed group fails this shard for good (as a serializable error the coordinator understands).</summary>
+    private void RunInGroup(Action work)
+    {
+        if (_groupFailure is { } failure)
+        {
+            throw new ShardGroupException(Assignment.Shard.ToGrainKey(), failure);
+        }
+
+        try
+        {
+            work();
+        }
+        catch (CollectiveException e)
+        {
+            _groupFailure = $"The data-plane group of shard {Assignment.Shard} (plan {Assignment.PlanVersion}) failed: {e.Message}";
+            // Closing the group's connections tells peers still blocked on this shard at once.
+            _groups!.Break();
+            throw new ShardGroupException(Assignment.Shard.ToGrainKey(), _groupFailure);
+        }
+    }
+
+    /// <summary>Frees the weights (and the data-plane group) once no generation is using them.</summary>
     internal void Release()
     {
         _gate.Wait();
@@ -141,6 +205,7 @@ public sealed class HostedShard
             {
                 _released = true;
                 Model.Dispose();
+                _groups?.Dispose();
             }
         }
         finally
@@ -159,4 +224,36 @@ public sealed class HostedShard
         RepetitionContextSize = settings.RepetitionContextSize,
         Seed = settings.Seed,
     };
+}
+
+/// <summary>The groups a shard of a split model runs in: its plan's world group and the tensor and pipeline groups split from it.</summary>
+internal sealed class ShardGroups(ShardGroup setup, Group world, Group? tensor, Group? pipeline) : IDisposable
+{
+    public ShardGroup Setup { get; } = setup;
+
+    public Group World { get; } = world;
+
+    public Group? Tensor { get; } = tensor;
+
+    public Group? Pipeline { get; } = pipeline;
+
+    /// <summary>Closes every connection so that peers waiting on this shard fail now rather than at their timeout.</summary>
+    public void Break() => Dispose();
+
+    private int _disposed;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        foreach (var group in new[] { Tensor, Pipeline }.OfType<Group>().Where(group => !ReferenceEquals(group, World)).Distinct())
+        {
+            group.Dispose();
+        }
+
+        World.Dispose();
+    }
 }

@@ -1,9 +1,11 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using Granary.Abstractions;
+using Granary.Collectives;
 using Granary.Models;
 using Granary.Models.BuiltIn;
 using Granary.Models.Configuration;
+using Granary.Models.Sharding;
 using Granary.Tensors;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -21,6 +23,7 @@ public sealed partial class ModelHost : IDisposable
     private readonly Lazy<IComputeBackend> _backend;
     private readonly ConcurrentDictionary<ShardId, Lazy<Task<HostedShard>>> _shards = new();
     private readonly ConcurrentDictionary<string, RunningWork> _work = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<ShardId, OpenDataPlane> _dataPlanes = new();
     private int _loads;
 
     public ModelHost(IOptions<ModelHostOptions> options, ILogger<ModelHost> logger)
@@ -31,6 +34,9 @@ public sealed partial class ModelHost : IDisposable
     }
 
     public string BackendName => _options.Backend;
+
+    /// <summary>CPU worker threads this silo's backends use (null: every processor).</summary>
+    public int? Threads => _options.Threads;
 
     /// <summary>How many times weights were read from disk since the silo started.</summary>
     public int ModelLoads => Volatile.Read(ref _loads);
@@ -78,7 +84,11 @@ public sealed partial class ModelHost : IDisposable
             // Memory already used by this very model is offered again: re-planning may keep the shard where it is.
             var own = LoadedShards().Where(shard => shard.Assignment.Shard.Model == model).Sum(shard => shard.WeightBytes);
             var required = (long)(weightBytes * (1 + _options.MemoryHeadroom));
-            return new ModelProbe(siloName, true, directory, config.LayerCount, weightBytes, required, BackendName, available + own, null);
+            return new ModelProbe(siloName, true, directory, config.LayerCount, weightBytes, required, BackendName, available + own, null)
+            {
+                AttentionHeadCount = config.AttentionHeadCount,
+                ExpertCount = config.MixtureOfExperts?.ExpertCount ?? 0,
+            };
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ModelLoadException or ArgumentException)
         {
@@ -86,13 +96,39 @@ public sealed partial class ModelHost : IDisposable
         }
     }
 
-    /// <summary>Loads a shard once; concurrent and later calls for the same shard share that load.</summary>
-    public async Task<HostedShard> LoadAsync(ShardAssignment assignment, CancellationToken cancellationToken)
+    /// <summary>
+    /// Binds the data-plane listener of a shard of a split model, on <paramref name="address"/> (the silo's advertised
+    /// address), for the plan version of <paramref name="assignment"/>; a listener of an older version is closed.
+    /// </summary>
+    public DataPlaneEndpoint OpenDataPlane(ShardAssignment assignment, string address)
     {
-        ValidateRunnable(assignment);
+        var listener = DataPlaneListener.Bind(address);
+        var opened = new OpenDataPlane(assignment.PlanVersion, listener);
+        _dataPlanes.AddOrUpdate(assignment.Shard, opened, (_, old) =>
+        {
+            old.Listener.Dispose();
+            return opened;
+        });
+        var endpoint = listener.Endpoint;
+        return new DataPlaneEndpoint(endpoint.Address, endpoint.Port, endpoint.HostId);
+    }
+
+    /// <summary>
+    /// Loads a shard once; concurrent and later calls for the same shard share that load. A shard of a split model
+    /// (<paramref name="group"/> set) first forms its plan's data-plane group from the listener
+    /// <see cref="OpenDataPlane"/> bound, then maps its part of the weights.
+    /// </summary>
+    public async Task<HostedShard> LoadAsync(ShardAssignment assignment, ShardGroup? group, CancellationToken cancellationToken)
+    {
+        if (group is null)
+        {
+            ValidateRunnable(assignment);
+        }
+
         while (true)
         {
-            var entry = _shards.GetOrAdd(assignment.Shard, _ => new Lazy<Task<HostedShard>>(() => Task.Run(() => LoadCore(assignment))));
+            var entry = _shards.GetOrAdd(assignment.Shard, _ => new Lazy<Task<HostedShard>>(
+                () => Task.Run(() => group is null ? LoadCore(assignment) : LoadInGroup(assignment, group))));
             HostedShard shard;
             try
             {
@@ -105,9 +141,13 @@ public sealed partial class ModelHost : IDisposable
                 throw;
             }
 
-            if (shard.Covers(assignment))
+            if (shard.Covers(assignment, group))
             {
-                shard.Assignment = assignment;
+                if (group is null)
+                {
+                    shard.Assignment = assignment;
+                }
+
                 return shard;
             }
 
@@ -160,20 +200,28 @@ public sealed partial class ModelHost : IDisposable
             Unload(shard);
         }
 
+        foreach (var shard in _dataPlanes.Keys)
+        {
+            if (_dataPlanes.TryRemove(shard, out var open))
+            {
+                open.Listener.Dispose();
+            }
+        }
+
         if (_backend.IsValueCreated)
         {
             _backend.Value.Dispose();
         }
     }
 
-    /// <summary>The single-host engine runs whole models; layer ranges and tensor splits need the sharded engine.</summary>
+    /// <summary>Layer ranges and tensor splits need the peers of their data-plane group.</summary>
     private static void ValidateRunnable(ShardAssignment assignment)
     {
         if (assignment.PipelineStageCount != 1 || assignment.TensorGroupSize != 1 || assignment.FirstLayer != 0)
         {
-            throw new NotSupportedException(
+            throw new ArgumentException(
                 $"Shard {assignment.Shard} is one part of a split model (stage {assignment.PipelineStage + 1} of {assignment.PipelineStageCount}, " +
-                $"tensor rank {assignment.TensorRank} of {assignment.TensorGroupSize}); this silo runs whole models only.");
+                $"tensor rank {assignment.TensorRank + 1} of {assignment.TensorGroupSize}); load it in its plan's data-plane group.");
         }
     }
 
@@ -196,6 +244,79 @@ public sealed partial class ModelHost : IDisposable
         return shard;
     }
 
+    private HostedShard LoadInGroup(ShardAssignment assignment, ShardGroup group)
+    {
+        var key = assignment.Shard.ToGrainKey();
+        if (!_dataPlanes.TryRemove(assignment.Shard, out var open) || open.PlanVersion != assignment.PlanVersion)
+        {
+            open?.Listener.Dispose();
+            throw new ShardGroupException(key, $"Shard {key} has no data-plane listener for plan {assignment.PlanVersion}; the coordinator must open it first.");
+        }
+
+        if (assignment.WorldRank >= group.Peers.Length)
+        {
+            open.Listener.Dispose();
+            throw new ArgumentException($"Shard {key} has rank {assignment.WorldRank} but its group lists {group.Peers.Length} peers.");
+        }
+
+        var directory = ResolveModelDirectory(assignment.Shard.Model);
+        LogJoining(_logger, key, assignment.WorldRank, group.Peers.Length, string.Join(", ", group.Peers.Select(peer => peer.ToString())));
+        var clock = Stopwatch.StartNew();
+        Group world;
+        try
+        {
+            var options = new CollectiveOptions
+            {
+                Rank = assignment.WorldRank,
+                WorldSize = group.Peers.Length,
+                Backend = group.Backend,
+                Timeout = group.Timeout,
+                ConnectTimeout = group.ConnectTimeout,
+            };
+            world = Group.Init(options, open.Listener, [.. group.Peers.Select(peer => new DataPlanePeer(peer.Address, peer.Port, peer.HostId))], group.GroupId);
+        }
+        catch (CollectiveException e)
+        {
+            throw new ShardGroupException(key, $"Shard {key} could not join the data-plane group of plan {assignment.PlanVersion}: {e.Message}");
+        }
+        finally
+        {
+            open.Listener.Dispose();
+        }
+
+        ShardGroups? groups = null;
+        try
+        {
+            // World ranks run stage by stage; the shards of a stage split its layers, equal tensor ranks chain the stages.
+            var (tensor, pipeline) = (assignment.PipelineStageCount, assignment.TensorGroupSize) switch
+            {
+                (1, _) => (world, null),
+                (_, 1) => ((Group?)null, world),
+                _ => (world.Split(assignment.PipelineStage, assignment.TensorRank), world.Split(assignment.TensorRank, assignment.PipelineStage)),
+            };
+            groups = new ShardGroups(group, world, tensor, pipeline);
+            var loaded = ShardedModelLoader.ShardedLoad(
+                directory, _backend.Value, pipeline, tensor, layers: new ShardRange(assignment.FirstLayer, assignment.LayerCount));
+            Interlocked.Increment(ref _loads);
+            var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed, groups);
+            LogLoaded(_logger, key, shard.WeightBytes, clock.Elapsed.TotalSeconds);
+            return shard;
+        }
+        catch (CollectiveException e)
+        {
+            (groups as IDisposable ?? world).Dispose();
+            throw new ShardGroupException(key, $"Shard {key}: the data-plane group of plan {assignment.PlanVersion} failed while loading: {e.Message}");
+        }
+        catch
+        {
+            (groups as IDisposable ?? world).Dispose();
+            throw;
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Shard {Shard} joins its data-plane group as rank {Rank} of {Size}: {Peers}")]
+    private static partial void LogJoining(ILogger logger, string shard, int rank, int size, string peers);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Loading shard {Shard} from {Directory} on the {Backend} backend")]
     private static partial void LogLoading(ILogger logger, string shard, string directory, string backend);
 
@@ -205,6 +326,9 @@ public sealed partial class ModelHost : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Unloaded shard {Shard}")]
     private static partial void LogUnloaded(ILogger logger, string shard);
 }
+
+/// <summary>A data-plane listener bound for one plan version, waiting for its shard to join the group.</summary>
+internal sealed record OpenDataPlane(int PlanVersion, DataPlaneListener Listener);
 
 /// <summary>A generation in progress on this silo, for status.</summary>
 internal sealed class RunningWork(string jobId, string model, int promptTokens, DateTimeOffset startedAt, ModelHost host) : IDisposable

@@ -1,24 +1,71 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Granary.Abstractions;
+using Microsoft.Extensions.Logging;
+using Orleans.Runtime;
 
 namespace Granary.Grains;
 
-/// <summary>A shard pinned to its silo; the weights it drives are held by that silo's <see cref="ModelHost"/>.</summary>
+/// <summary>
+/// A shard pinned to its silo; the weights it drives are held by that silo's <see cref="ModelHost"/>. Its calls carry
+/// control only: the tensors of a split model move over the data-plane group its silo's listener joins.
+/// </summary>
 [SiloPinnedPlacement]
-internal sealed class ShardGrain(ModelHost host) : Grain, IShardGrain
+internal sealed partial class ShardGrain(ModelHost host, ILocalSiloDetails localSilo, ILogger<ShardGrain> logger) : Grain, IShardGrain
 {
     private ShardId Id => ShardId.Parse(this.GetPrimaryKeyString());
 
     public async Task<ShardStatus> LoadAsync(ShardAssignment assignment, CancellationToken cancellationToken)
     {
-        if (assignment.Shard != Id)
+        CheckAddressedHere(assignment);
+        var shard = await host.LoadAsync(assignment, group: null, cancellationToken);
+        return shard.ToStatus();
+    }
+
+    public Task<DataPlaneEndpoint> OpenDataPlaneAsync(ShardAssignment assignment)
+    {
+        CheckAddressedHere(assignment);
+        // The address the silo advertises to its peers is the one they can reach for the data plane too.
+        return Task.FromResult(host.OpenDataPlane(assignment, localSilo.SiloAddress.Endpoint.Address.ToString()));
+    }
+
+    public async Task<ShardStatus> LoadInGroupAsync(ShardAssignment assignment, ShardGroup group, CancellationToken cancellationToken)
+    {
+        CheckAddressedHere(assignment);
+        var shard = await host.LoadAsync(assignment, group, cancellationToken);
+        return shard.ToStatus();
+    }
+
+    public Task FollowAsync(string jobId, int planVersion)
+    {
+        var shard = Hosted();
+        if (shard.Group is null || shard.Assignment.PlanVersion != planVersion)
         {
-            throw new ArgumentException($"Assignment for shard {assignment.Shard} sent to shard {Id}.", nameof(assignment));
+            throw new ShardNotLoadedException($"{Id.ToGrainKey()} (plan {planVersion})");
         }
 
-        var shard = await host.LoadAsync(assignment, cancellationToken);
-        return shard.ToStatus();
+        var work = host.BeginWork(jobId, Id.Model, 0);
+        // The engine computes synchronously; it gets its own thread, and its end is the leader's to decide.
+        _ = Task.Factory.StartNew(
+            () =>
+            {
+                try
+                {
+                    shard.Follow(work);
+                }
+                catch (Exception e)
+                {
+                    LogFollowFailed(logger, jobId, Id.ToGrainKey(), e.Message);
+                }
+                finally
+                {
+                    work.Dispose();
+                }
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+        return Task.CompletedTask;
     }
 
     public Task<int[]> EncodePromptAsync(Prompt prompt) => Task.FromResult(Hosted().Encode(prompt));
@@ -74,4 +121,15 @@ internal sealed class ShardGrain(ModelHost host) : Grain, IShardGrain
     }
 
     private HostedShard Hosted() => host.Find(Id) ?? throw new ShardNotLoadedException(Id.ToGrainKey());
+
+    private void CheckAddressedHere(ShardAssignment assignment)
+    {
+        if (assignment.Shard != Id)
+        {
+            throw new ArgumentException($"Assignment for shard {assignment.Shard} sent to shard {Id}.", nameof(assignment));
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Generation {JobId} ended on follower shard {Shard}: {Reason}")]
+    private static partial void LogFollowFailed(ILogger logger, string jobId, string shard, string reason);
 }

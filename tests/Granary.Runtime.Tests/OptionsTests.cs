@@ -20,9 +20,10 @@ public sealed class OptionsTests
             GatewayPort = 70000,
             AdvertisedAddress = "not-an-ip",
             Membership = new MembershipSettings { Provider = MembershipSettings.Postgres },
+            Coordinator = new Grains.CoordinatorOptions { MaxShards = 0, DataPlaneTimeout = TimeSpan.Zero },
         };
         var failure = validator.Validate(null, bad).FailureMessage;
-        foreach (var expected in new[] { "SiloName 'a/b'", "SiloPort", "GatewayPort", "AdvertisedAddress", "ConnectionString" })
+        foreach (var expected in new[] { "SiloName 'a/b'", "SiloPort", "GatewayPort", "AdvertisedAddress", "ConnectionString", "Coordinator: MaxShards", "DataPlaneTimeout" })
         {
             Assert.Contains(expected, failure, StringComparison.Ordinal);
         }

@@ -43,7 +43,9 @@ public sealed class ProcessClusterTests
 
         var clusterId = $"test-{Guid.NewGuid():N}";
         var ports = SiloProcess.FreePorts(4);
-        string[] common = ["--cluster-id", clusterId, "--membership", "postgres", "--connection", connection];
+        // These silos split models tensor parallel: the shards' data-plane endpoints go through grains whose silos
+        // found each other in PostgreSQL.
+        string[] common = ["--cluster-id", clusterId, "--membership", "postgres", "--connection", connection, "--layout", "Tensor"];
         using var first = await SiloProcess.StartAsync("pg-alpha", ports[0], ports[1], common, StartTimeout);
         using var second = await SiloProcess.StartAsync("pg-beta", ports[2], ports[3], common, StartTimeout);
         await using var client = await GranaryClient.ConnectAsync(options =>
@@ -53,7 +55,7 @@ public sealed class ProcessClusterTests
             options.ConnectionString = connection;
         });
 
-        await RunModelAsync(client, ["pg-alpha", "pg-beta"], first, second);
+        await RunModelAsync(client, ["pg-alpha", "pg-beta"], first, second, split: true);
     }
 
     [Fact]
@@ -67,7 +69,7 @@ public sealed class ProcessClusterTests
         Assert.Contains($"127.0.0.1:{port}", error.Message, StringComparison.Ordinal);
     }
 
-    private static async Task RunModelAsync(GranaryClient client, string[] siloNames, SiloProcess first, SiloProcess second)
+    private static async Task RunModelAsync(GranaryClient client, string[] siloNames, SiloProcess first, SiloProcess second, bool split = false)
     {
         var status = await WaitForActiveSilosAsync(client, siloNames.Length, TimeSpan.FromSeconds(60), first, second);
         Assert.Equal(siloNames, status.Silos.Select(silo => silo.SiloName));
@@ -86,8 +88,17 @@ public sealed class ProcessClusterTests
         Assert.Equal((TinyModel.PromptIds.Length, 20), (result.Summary.PromptTokens, result.Summary.GeneratedTokens));
 
         var loaded = await client.StatusAsync();
-        var holder = Assert.Single(loaded.Silos, silo => silo.Host!.Shards.Length > 0);
-        Assert.Equal(plan.Leader.Shard.SiloName, holder.SiloName);
+        if (split)
+        {
+            Assert.Equal(("tensor", 2), (plan.Layout, plan.ShardCount));
+            Assert.All(loaded.Silos, silo => Assert.Single(silo.Host!.Shards));
+        }
+        else
+        {
+            var holder = Assert.Single(loaded.Silos, silo => silo.Host!.Shards.Length > 0);
+            Assert.Equal(plan.Leader.Shard.SiloName, holder.SiloName);
+        }
+
         Assert.Equal(plan.Version, Assert.Single(loaded.Models).Version);
     }
 

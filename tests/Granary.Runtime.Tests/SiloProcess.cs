@@ -12,17 +12,23 @@ public sealed class SiloProcess : IDisposable
     private readonly StringBuilder _output = new();
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private SiloProcess(string name, int siloPort, int gatewayPort, IEnumerable<string> arguments)
+    private SiloProcess(string name, int siloPort, int gatewayPort, IEnumerable<string> arguments, IReadOnlyList<string> launcher, string address)
     {
         Name = name;
         SiloPort = siloPort;
         GatewayPort = gatewayPort;
-        var start = new ProcessStartInfo("dotnet")
+        Address = address;
+        var start = new ProcessStartInfo(launcher.Count > 0 ? launcher[0] : "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        foreach (var word in launcher.Skip(1).Concat(launcher.Count > 0 ? ["dotnet"] : []))
+        {
+            start.ArgumentList.Add(word);
+        }
+
         start.ArgumentList.Add("exec");
         start.ArgumentList.Add(SiloAssembly);
         foreach (var argument in arguments)
@@ -46,7 +52,10 @@ public sealed class SiloProcess : IDisposable
 
     public int GatewayPort { get; }
 
-    public string Gateway => $"127.0.0.1:{GatewayPort}";
+    /// <summary>The address the silo advertises (loopback unless it runs in a network namespace).</summary>
+    public string Address { get; }
+
+    public string Gateway => $"{Address}:{GatewayPort}";
 
     public string Output
     {
@@ -70,11 +79,15 @@ public sealed class SiloProcess : IDisposable
         }
     }
 
-    /// <summary>Starts a silo and waits until it reports ready (it has joined the cluster).</summary>
-    public static async Task<SiloProcess> StartAsync(string name, int siloPort, int gatewayPort, IEnumerable<string> arguments, TimeSpan timeout)
+    /// <summary>
+    /// Starts a silo and waits until it reports ready (it has joined the cluster). <paramref name="launcher"/> runs it
+    /// through another command (e.g. `ip netns exec NAME`), and <paramref name="address"/> is the address it advertises there.
+    /// </summary>
+    public static async Task<SiloProcess> StartAsync(
+        string name, int siloPort, int gatewayPort, IEnumerable<string> arguments, TimeSpan timeout, IReadOnlyList<string>? launcher = null, string address = "127.0.0.1")
     {
         string[] all = ["--silo-name", name, "--silo-port", $"{siloPort}", "--gateway-port", $"{gatewayPort}", "--threads", "1", .. arguments];
-        var silo = new SiloProcess(name, siloPort, gatewayPort, all);
+        var silo = new SiloProcess(name, siloPort, gatewayPort, all, launcher ?? [], address);
         try
         {
             await silo._ready.Task.WaitAsync(timeout);

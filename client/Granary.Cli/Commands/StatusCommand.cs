@@ -59,7 +59,8 @@ internal static class StatusCommand
         {
             output.WriteLine(
                 $"model {plan.Model}: plan {plan.Version}, {plan.LayerCount} layers, {Gib(plan.WeightBytes)}, " +
-                $"{plan.Stages.Length} stage(s) on {string.Join(", ", plan.Shards.Select(shard => shard.Shard.SiloName))}");
+                $"{plan.Layout} on {string.Join(", ", plan.Shards.Select(shard => shard.Shard.SiloName))}, coordinator on {plan.CoordinatorSilo ?? "-"}" +
+                (plan.Group is { } group ? $", data plane {string.Join(" ", group.Peers.Select(peer => peer.ToString()))} ({group.Backend})" : ""));
         }
     }
 
@@ -74,6 +75,45 @@ internal static class StatusCommand
 internal static class ClusterConnection
 {
     public static readonly string[] ValueOptions = ["--gateway", "--membership", "--connection", "--cluster-id", "--service-id"];
+
+    /// <summary>The flag that sends `generate` and `chat` through the client SDK to a cluster instead of a model in this process.</summary>
+    public const string ClusterFlag = "--cluster";
+
+    /// <summary>Options that only mean something in this process; a cluster's silos choose these themselves.</summary>
+    private static readonly string[] LocalOnlyOptions = ["--backend", "--threads", "--adapter-path"];
+
+    /// <summary>The cluster's name for the model: --model as given (a folder under the silos' model directory, or a path on them), or the built-in model.</summary>
+    public static string ModelReference(CommandArguments arguments)
+    {
+        foreach (var option in LocalOnlyOptions)
+        {
+            if (arguments.Get(option) is not null)
+            {
+                throw new UsageException($"{option} does not apply with --cluster: each silo's own settings choose it.");
+            }
+        }
+
+        if (arguments.Has("--pipeline"))
+        {
+            throw new UsageException("--pipeline does not apply with --cluster: the silos' coordinator settings choose the layout (Granary:Coordinator:Layout).");
+        }
+
+        return arguments.Get("--model") ?? GranaryClient.BuiltInModel;
+    }
+
+    /// <summary>Sampling options given on the command line; the rest are left to the model's generation_config.json on the silos.</summary>
+    public static SamplingSettings Sampling(CommandArguments arguments) => new()
+    {
+        Temperature = FloatOrNull(arguments, "--temperature"),
+        TopP = FloatOrNull(arguments, "--top-p"),
+        TopK = arguments.GetIntOrNull("--top-k"),
+        MinP = FloatOrNull(arguments, "--min-p"),
+        RepetitionPenalty = FloatOrNull(arguments, "--repetition-penalty"),
+        RepetitionContextSize = arguments.GetInt("--repetition-context-size", 64),
+        Seed = arguments.GetIntOrNull("--seed"),
+    };
+
+    private static float? FloatOrNull(CommandArguments arguments, string name) => arguments.Get(name) is null ? null : arguments.GetFloat(name, 0);
 
     public static Task<GranaryClient> ConnectAsync(CommandArguments arguments, CancellationToken cancellationToken)
     {

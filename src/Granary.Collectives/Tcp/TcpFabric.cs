@@ -135,25 +135,87 @@ internal sealed class TcpFabric : IDisposable
             (table, jobId) = await JoinAsync(coordinatorHost, coordinatorPort, options, dataPort, hostId, cancel);
         }
 
+        var sockets = await ConnectMeshAsync(dataListener, table, options, jobId, cancel);
+        return new TcpFabric(options, sockets, table.Select(t => t.HostId).ToArray(), jobId);
+    }
+
+    /// <summary>
+    /// Forms the connections from a peer table the caller already exchanged (Granary's shard grains pass theirs through
+    /// the coordinator grain), without a coordinator rank: <paramref name="listener"/> is this rank's bound and
+    /// listening socket at <paramref name="peers"/>[rank], which the fabric takes over.
+    /// </summary>
+    public static TcpFabric ConnectToPeers(CollectiveOptions options, Socket listener, IReadOnlyList<DataPlanePeer> peers, Guid groupId)
+    {
+        using (listener)
+        {
+            options.Validate();
+            var hostIds = peers.Select(peer => peer.HostId).ToArray();
+            if (options.WorldSize == 1)
+            {
+                return new TcpFabric(options, [[]], hostIds, groupId);
+            }
+
+            var table = peers.Select(peer => new RankAddress(peer.Address, peer.Port, peer.HostId)).ToArray();
+            using var cancellation = new CancellationTokenSource(options.ConnectTimeout);
+            try
+            {
+                var sockets = ConnectMeshAsync(listener, table, options, groupId, cancellation.Token).GetAwaiter().GetResult();
+                return new TcpFabric(options, sockets, hostIds, groupId);
+            }
+            catch (OperationCanceledException e) when (cancellation.IsCancellationRequested)
+            {
+                throw new CollectiveException(
+                    $"Rank {options.Rank}: the group of {options.WorldSize} did not form within {options.ConnectTimeout.TotalSeconds:0.#} s " +
+                    $"(peers {string.Join(", ", peers)}).", operation: "Init", innerException: e);
+            }
+        }
+    }
+
+    /// <summary>Connects to every lower rank and accepts every higher one; the first failure ends the others at once.</summary>
+    private static async Task<Socket[][]> ConnectMeshAsync(Socket dataListener, RankAddress[] table, CollectiveOptions options, Guid jobId, CancellationToken cancel)
+    {
         var sockets = new Socket[options.WorldSize][];
         for (var peer = 0; peer < options.WorldSize; peer++)
         {
             sockets[peer] = peer == options.Rank ? [] : new Socket[options.SocketsPerPeer];
         }
 
+        using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        async Task CancelOthersOnFailure(Task task)
+        {
+            try
+            {
+                await task;
+            }
+            catch
+            {
+                await failed.CancelAsync();
+                throw;
+            }
+        }
+
+        Task[] tasks =
+        [
+            CancelOthersOnFailure(AcceptPeersAsync(dataListener, options, jobId, sockets, failed.Token)),
+            .. Enumerable.Range(0, options.Rank).SelectMany(peer => Enumerable.Range(0, options.SocketsPerPeer)
+                .Select(index => CancelOthersOnFailure(ConnectPeerAsync(table[peer], peer, index, options, jobId, sockets, failed.Token)))),
+        ];
         try
         {
-            var accepting = AcceptPeersAsync(dataListener, options, jobId, sockets, cancel);
-            var connecting = Enumerable.Range(0, options.Rank)
-                .SelectMany(peer => Enumerable.Range(0, options.SocketsPerPeer).Select(index => ConnectPeerAsync(table[peer], peer, index, options, jobId, sockets, cancel)))
-                .ToArray();
-            await Task.WhenAll([accepting, .. connecting]);
+            await Task.WhenAll(tasks);
         }
         catch
         {
             foreach (var socket in sockets.SelectMany(s => s))
             {
                 socket?.Dispose();
+            }
+
+            // Report the failure that started it, not the cancellations it caused.
+            var cause = tasks.Where(task => task.IsFaulted).Select(task => task.Exception!.InnerException).FirstOrDefault(e => e is not OperationCanceledException);
+            if (cause is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(cause);
             }
 
             throw;
@@ -165,7 +227,7 @@ internal sealed class TcpFabric : IDisposable
             socket.Blocking = false;
         }
 
-        return new TcpFabric(options, sockets, table.Select(t => t.HostId).ToArray(), jobId);
+        return sockets;
     }
 
     private sealed record RankAddress(string Address, int Port, string HostId);

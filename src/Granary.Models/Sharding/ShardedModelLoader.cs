@@ -19,17 +19,24 @@ public static class ShardedModelLoader
     /// successive runs of layers (stage = rank in it), <paramref name="tensorGroup"/> the ranks that split each layer of
     /// one stage. Either may be null (or a group of one). Layers are given to stages in proportion to the free memory
     /// each stage reports (the least of its tensor ranks). The groups must outlive the model; every rank then runs
-    /// <see cref="CausalLanguageModel.Forward"/> with the same ids and gets the same logits.
+    /// <see cref="CausalLanguageModel.Forward"/> with the same ids and gets the same logits. A caller that planned the
+    /// stages itself (a Granary coordinator) passes this rank's <paramref name="layers"/> instead.
     /// </summary>
     public static LoadedModel ShardedLoad(
-        string modelDirectory, IComputeBackend backend, Group? pipelineGroup, Group? tensorGroup, ModelLoadOptions? options = null)
+        string modelDirectory, IComputeBackend backend, Group? pipelineGroup, Group? tensorGroup, ModelLoadOptions? options = null, ShardRange? layers = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         options ??= new ModelLoadOptions();
         var (directory, configPath, config, generation, tokenizer) = ModelFiles.Read(modelDirectory, options);
 
-        var layers = new ShardRange(0, config.LayerCount);
-        if (pipelineGroup is { Size: > 1 })
+        var planned = layers;
+        layers ??= new ShardRange(0, config.LayerCount);
+        if (planned is { } run && (run.Start < 0 || run.Count < 1 || run.End > config.LayerCount))
+        {
+            throw new ModelLoadException(configPath, null, $"Layers {run.Start}..{run.End - 1} are not within the model's {config.LayerCount} layers.");
+        }
+
+        if (planned is null && pipelineGroup is { Size: > 1 })
         {
             var stageFree = LeastAcross(tensorGroup, backend.AvailableMemoryBytes);
             var free = new long[pipelineGroup.Size];
@@ -40,7 +47,7 @@ public static class ShardedModelLoader
         ModelPartition partition;
         try
         {
-            partition = ModelPartition.Create(config, tensorGroup, pipelineGroup, layers);
+            partition = ModelPartition.Create(config, tensorGroup, pipelineGroup, layers.Value);
         }
         catch (ArgumentException e)
         {

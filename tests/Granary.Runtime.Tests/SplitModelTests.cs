@@ -1,0 +1,150 @@
+using Granary.Abstractions;
+using Granary.Grains;
+using Microsoft.Extensions.DependencyInjection;
+using Orleans.TestingHost;
+
+namespace Granary.Runtime.Tests;
+
+/// <summary>A two-silo in-process cluster whose coordinators split every model with the layout <typeparamref name="TLayout"/> names.</summary>
+public abstract class SplitCluster<TLayout> : IAsyncLifetime
+    where TLayout : ILayoutChoice
+{
+    public TestCluster Cluster { get; private set; } = null!;
+
+    public IReadOnlyList<string> SiloNames => [.. Cluster.Silos.Select(silo => silo.Name)];
+
+    public async Task InitializeAsync()
+    {
+        var builder = new TestClusterBuilder(2);
+        builder.AddSiloBuilderConfigurator<Configurator>();
+        Cluster = builder.Build();
+        await Cluster.DeployAsync().WaitAsync(TimeSpan.FromMinutes(2));
+    }
+
+    public async Task DisposeAsync() => await Cluster.DisposeAsync();
+
+    public ModelHost ModelHostOf(string siloName)
+    {
+        var silo = Cluster.Silos.OfType<InProcessSiloHandle>().Single(silo => silo.Name == siloName);
+        return silo.SiloHost.Services.GetRequiredService<ModelHost>();
+    }
+
+    private sealed class Configurator : ISiloConfigurator
+    {
+        public void Configure(ISiloBuilder siloBuilder) => siloBuilder.AddGranary(
+            modelHost => modelHost.Threads = 1,
+            coordinator =>
+            {
+                coordinator.Layout = TLayout.Layout;
+                coordinator.DataPlaneBackend = "tcp";
+            });
+    }
+}
+
+public interface ILayoutChoice
+{
+    static abstract ShardLayout Layout { get; }
+}
+
+public sealed class TensorLayout : ILayoutChoice
+{
+    public static ShardLayout Layout => ShardLayout.Tensor;
+}
+
+public sealed class PipelineLayout : ILayoutChoice
+{
+    public static ShardLayout Layout => ShardLayout.Pipeline;
+}
+
+public sealed class TensorCluster : SplitCluster<TensorLayout>;
+
+public sealed class PipelineCluster : SplitCluster<PipelineLayout>;
+
+/// <summary>The tiny model split over two in-process silos: the tokens must be the single-process engine's.</summary>
+public sealed class TensorParallelTests(TensorCluster fixture) : IClassFixture<TensorCluster>
+{
+    [Fact]
+    public async Task A_tensor_parallel_plan_over_two_silos_streams_the_single_process_greedy_tokens()
+    {
+        var coordinator = fixture.Cluster.GrainFactory.GetGrain<ICoordinatorGrain>(TinyModel.Directory);
+        var plan = await coordinator.LoadAsync();
+        try
+        {
+            Assert.Equal("tensor", plan.Layout);
+            var stage = Assert.Single(plan.Stages);
+            Assert.Equal(fixture.SiloNames.Order(StringComparer.Ordinal), stage.TensorGroup.Select(shard => shard.Shard.SiloName).Order(StringComparer.Ordinal));
+            Assert.Equal([(0, 2), (1, 2)], stage.TensorGroup.Select(shard => (shard.TensorRank, shard.TensorGroupSize)));
+            var group = Assert.IsType<ShardGroup>(plan.Group);
+            Assert.Equal(2, group.Peers.Select(peer => peer.ToString()).Distinct().Count());
+
+            // Each silo holds its half of the split weights (the embedding and norms are whole on both).
+            var held = stage.TensorGroup.Select(shard => fixture.ModelHostOf(shard.Shard.SiloName).Find(shard.Shard)!.WeightBytes).ToList();
+            var whole = Directory.EnumerateFiles(TinyModel.Directory, "*.safetensors").Sum(path => new FileInfo(path).Length);
+            Assert.All(held, bytes => Assert.InRange(bytes, whole / 4, whole * 3 / 4));
+
+            var expected = TinyModel.GenerateInProcess(TinyModel.PromptIds, 20);
+            Assert.Equal(expected, await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 20));
+            // The group stays usable across generations: the followers end each one with the leader.
+            Assert.Equal(expected[..8], await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 8));
+        }
+        finally
+        {
+            await coordinator.UnloadAsync();
+        }
+    }
+}
+
+public sealed class PipelineParallelTests(PipelineCluster fixture) : IClassFixture<PipelineCluster>
+{
+    [Fact]
+    public async Task A_pipeline_plan_over_two_silos_streams_the_single_process_greedy_tokens()
+    {
+        var coordinator = fixture.Cluster.GrainFactory.GetGrain<ICoordinatorGrain>(TinyModel.Directory);
+        var plan = await coordinator.LoadAsync();
+        try
+        {
+            Assert.Equal("pipeline", plan.Layout);
+            Assert.Equal(2, plan.Stages.Length);
+            Assert.Equal(0, plan.Stages[0].FirstLayer);
+            Assert.Equal(plan.Stages[0].LayerCount, plan.Stages[1].FirstLayer);
+            Assert.Equal(3, plan.Stages.Sum(stage => stage.LayerCount));
+            Assert.NotEqual(plan.Stages[0].TensorGroup[0].Shard.SiloName, plan.Stages[1].TensorGroup[0].Shard.SiloName);
+
+            Assert.Equal(TinyModel.GenerateInProcess(TinyModel.PromptIds, 20), await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 20));
+        }
+        finally
+        {
+            await coordinator.UnloadAsync();
+        }
+    }
+}
+
+internal static class SplitRuns
+{
+    public static async Task<int[]> GenerateAsync(ICoordinatorGrain coordinator, int[] promptIds, int maxTokens)
+    {
+        var job = new GenerationJob
+        {
+            Prompt = Prompt.FromTokenIds(promptIds),
+            MaxTokens = maxTokens,
+            Sampling = SamplingSettings.Greedy,
+            StopAtEndOfSequence = false,
+        };
+        var tokens = new List<int>();
+        GenerationSummary? summary = null;
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        await foreach (var chunk in coordinator.GenerateAsync(job, deadline.Token))
+        {
+            if (chunk.HasToken)
+            {
+                tokens.Add(chunk.TokenId);
+            }
+
+            summary = chunk.Summary ?? summary;
+        }
+
+        Assert.NotNull(summary);
+        Assert.Equal((promptIds.Length, tokens.Count, FinishReason.Length, 0), (summary.PromptTokens, summary.GeneratedTokens, summary.FinishReason, summary.Failovers));
+        return [.. tokens];
+    }
+}
