@@ -1,6 +1,7 @@
 using Granary.Abstractions;
 using Granary.Collectives;
 using Granary.Models;
+using Granary.Models.Batching;
 using Granary.Models.Configuration;
 using Granary.Models.Generation;
 using Granary.Models.Tokenization;
@@ -9,24 +10,32 @@ using FinishReason = Granary.Abstractions.FinishReason;
 namespace Granary.Grains;
 
 /// <summary>
-/// A shard's loaded weights in the model host, and the generations that run on them one at a time. A shard of a split
-/// model also holds its plan's data-plane group; once that group fails the shard is useless and must be loaded again.
+/// A shard's loaded weights in the model host, and the generations that run on them. Generations of a whole model
+/// share one continuous-batching engine; those of a split model run one at a time in lock step with the plan's other
+/// shards. A shard of a split model also holds its plan's data-plane group; once that group fails the shard is useless
+/// and must be loaded again.
 /// </summary>
 public sealed class HostedShard
 {
+    // Split models: one generation at a time. Whole models: many readers (generations in the batch), and Release
+    // takes the write side so the weights outlive every generation using them.
     private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly ReaderWriterLockSlim _inUse = new();
+    private readonly BatchingEngine? _engine;
     private readonly long _weightBytes;
     private readonly ShardGroups? _groups;
     private bool _released;
     private volatile string? _groupFailure;
 
-    internal HostedShard(ShardAssignment assignment, LoadedModel model, DateTimeOffset loadedAt, TimeSpan loadTime, ShardGroups? groups = null)
+    internal HostedShard(
+        ShardAssignment assignment, LoadedModel model, DateTimeOffset loadedAt, TimeSpan loadTime, ShardGroups? groups = null, BatchingOptions? batching = null)
     {
         Assignment = assignment;
         Model = model;
         LoadedAt = loadedAt;
         LoadTime = loadTime;
         _groups = groups;
+        _engine = groups is null ? BatchingEngine.Create(model, batching) : null;
         _weightBytes = groups is null
             ? Directory.EnumerateFiles(model.Directory, "*.safetensors").Sum(path => new FileInfo(path).Length)
             : model.Model.WeightBytesHeld;
@@ -101,21 +110,26 @@ public sealed class HostedShard
     /// </summary>
     internal void Generate(ShardGenerationRequest request, RunningWork work, Action<TokenChunk> emit, CancellationToken cancellationToken)
     {
-        _gate.Wait(cancellationToken);
+        if (_groups is { } groups)
+        {
+            _gate.Wait(cancellationToken);
+            try
+            {
+                ThrowIfReleased();
+                RunInGroup(() => Lockstep.Lead(Model, groups.World, request, Sampling(request.Job.Sampling, Model.Generation), work, emit, cancellationToken));
+            }
+            finally
+            {
+                _gate.Release();
+            }
+
+            return;
+        }
+
+        _inUse.EnterReadLock();
         try
         {
-            if (_released)
-            {
-                // Unloaded while this request waited: to the coordinator that is a lost shard, so it re-plans.
-                throw new ShardNotLoadedException(Assignment.Shard.ToGrainKey());
-            }
-
-            if (_groups is { } groups)
-            {
-                RunInGroup(() => Lockstep.Lead(Model, groups.World, request, Sampling(request.Job.Sampling, Model.Generation), work, emit, cancellationToken));
-                return;
-            }
-
+            ThrowIfReleased();
             var job = request.Job;
             var engineRequest = new GenerationRequest
             {
@@ -126,8 +140,7 @@ public sealed class HostedShard
                 StopAtEndOfSequence = job.StopAtEndOfSequence,
             };
             var statistics = new GenerationStatistics();
-            var generator = new TextGenerator(Model.Model, Model.Tokenizer);
-            foreach (var token in generator.Generate(engineRequest, statistics, cancellationToken))
+            foreach (var token in _engine!.GenerateAsync(engineRequest, statistics, cancellationToken).ToBlockingEnumerable(cancellationToken))
             {
                 if (token.HasToken)
                 {
@@ -147,7 +160,19 @@ public sealed class HostedShard
         }
         finally
         {
-            _gate.Release();
+            _inUse.ExitReadLock();
+        }
+    }
+
+    /// <summary>Running sequences, queue and prompt-cache counters of the whole-model batch; null for a split model.</summary>
+    public BatchingSnapshot? Batching => _engine?.Snapshot();
+
+    private void ThrowIfReleased()
+    {
+        if (_released)
+        {
+            // Unloaded while this request waited: to the coordinator that is a lost shard, so it re-plans.
+            throw new ShardNotLoadedException(Assignment.Shard.ToGrainKey());
         }
     }
 
@@ -161,11 +186,7 @@ public sealed class HostedShard
         _gate.Wait();
         try
         {
-            if (_released)
-            {
-                throw new ShardNotLoadedException(Assignment.Shard.ToGrainKey());
-            }
-
+            ThrowIfReleased();
             RunInGroup(() => Lockstep.Follow(Model.Model, groups.World, work));
         }
         finally
@@ -199,17 +220,20 @@ public sealed class HostedShard
     internal void Release()
     {
         _gate.Wait();
+        _inUse.EnterWriteLock();
         try
         {
             if (!_released)
             {
                 _released = true;
+                _engine?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 Model.Dispose();
                 _groups?.Dispose();
             }
         }
         finally
         {
+            _inUse.ExitWriteLock();
             _gate.Release();
         }
     }

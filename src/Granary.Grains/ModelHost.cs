@@ -239,7 +239,7 @@ public sealed partial class ModelHost : IDisposable
         }
 
         Interlocked.Increment(ref _loads);
-        var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed);
+        var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed, batching: _options.Batching);
         LogLoaded(_logger, assignment.Shard.ToGrainKey(), shard.WeightBytes, clock.Elapsed.TotalSeconds);
         return shard;
     }

@@ -1,3 +1,4 @@
+using Granary.Models.Batching;
 using Granary.Models.BuiltIn;
 using Microsoft.Extensions.Options;
 
@@ -29,6 +30,9 @@ public sealed class ModelHostOptions
     /// Default 0.25.
     /// </summary>
     public double MemoryHeadroom { get; set; } = 0.25;
+
+    /// <summary>How concurrent generations of a whole-model shard share its decode batch (configuration section Batching).</summary>
+    public BatchingOptions Batching { get; set; } = new();
 }
 
 internal sealed class ModelHostOptionsValidator : IValidateOptions<ModelHostOptions>
@@ -59,6 +63,15 @@ internal sealed class ModelHostOptionsValidator : IValidateOptions<ModelHostOpti
         if (!(options.MemoryHeadroom >= 0) || double.IsInfinity(options.MemoryHeadroom))
         {
             failures.Add($"MemoryHeadroom must be a finite number >= 0, got {options.MemoryHeadroom}.");
+        }
+
+        try
+        {
+            options.Batching.Validate();
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            failures.Add($"Batching: {e.Message}");
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
