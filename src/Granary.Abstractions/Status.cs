@@ -14,7 +14,18 @@ public sealed record ShardStatus(
     [property: Id(1)] string Directory,
     [property: Id(2)] long WeightBytes,
     [property: Id(3)] DateTimeOffset LoadedAt,
-    [property: Id(4)] TimeSpan LoadTime);
+    [property: Id(4)] TimeSpan LoadTime,
+    [property: Id(5)] BatchState? Batching = null);
+
+/// <summary>The continuous batch of a whole-model shard: its size now, its queue, and prompt-cache counters since load.</summary>
+[GenerateSerializer, Immutable, Alias("granary.BatchState")]
+public sealed record BatchState(
+    [property: Id(0)] int RunningSequences,
+    [property: Id(1)] int QueuedRequests,
+    [property: Id(2)] int LastBatchSize,
+    [property: Id(3)] long PromptCacheHits,
+    [property: Id(4)] long PromptCacheMisses,
+    [property: Id(5)] long PromptCacheHitTokens);
 
 /// <summary>A generation running (or waiting for its shard) on a silo.</summary>
 [GenerateSerializer, Immutable, Alias("granary.WorkItem")]

@@ -56,7 +56,15 @@ public sealed class HostedShard
     /// <summary>Bytes of weights this shard holds: the checkpoint files of a whole model, its share of a split one.</summary>
     public long WeightBytes => _weightBytes;
 
-    public ShardStatus ToStatus() => new(Assignment, Model.Directory, WeightBytes, LoadedAt, LoadTime);
+    public ShardStatus ToStatus() => new(
+        Assignment,
+        Model.Directory,
+        WeightBytes,
+        LoadedAt,
+        LoadTime,
+        _engine?.Snapshot() is { } batch
+            ? new BatchState(batch.RunningSequences, batch.QueuedRequests, batch.LastBatchSize, batch.PromptCacheHits, batch.PromptCacheMisses, batch.PromptCacheHitTokens)
+            : null);
 
     /// <summary>Whether the weights held serve <paramref name="assignment"/> (same layers and tensor split).</summary>
     internal bool Covers(ShardAssignment assignment, ShardGroup? group) =>
@@ -163,9 +171,6 @@ public sealed class HostedShard
             _inUse.ExitReadLock();
         }
     }
-
-    /// <summary>Running sequences, queue and prompt-cache counters of the whole-model batch; null for a split model.</summary>
-    public BatchingSnapshot? Batching => _engine?.Snapshot();
 
     private void ThrowIfReleased()
     {

@@ -237,6 +237,27 @@ public sealed class CompletionTests(GatewayFixture fixture)
         Assert.Matches(@"granary_silo_shards\{silo=""[^""]+""\} [1-9]", text);
     }
 
+    [Fact]
+    public async Task A_repeated_prompt_reuses_the_cached_prefix_and_metrics_count_it()
+    {
+        var silo = fixture.Cluster.Primary!.Name;
+        var hits = $"granary_silo_prompt_cache_hits_total{{silo=\"{silo}\"}}";
+        var hitTokens = $"granary_silo_prompt_cache_hit_tokens_total{{silo=\"{silo}\"}}";
+        var request = Http.Chat("Which field ripens first this year?", 4);
+        var (_, first, _) = await Http.PostAsync(fixture.Http, "/v1/chat/completions", request);
+        var (hitsBefore, tokensBefore) = (await Http.MetricAsync(fixture.Http, hits), await Http.MetricAsync(fixture.Http, hitTokens));
+
+        var (_, second, _) = await Http.PostAsync(fixture.Http, "/v1/chat/completions", request);
+
+        var (hitsAfter, tokensAfter) = (await Http.MetricAsync(fixture.Http, hits), await Http.MetricAsync(fixture.Http, hitTokens));
+        var prompt = Usage(second).Prompt;
+        Assert.True(hitsAfter - hitsBefore >= 1, $"prompt-cache hits went from {hitsBefore} to {hitsAfter}");
+        // The whole prompt but its last token comes from the cache (that token is run again for its logits).
+        Assert.True(tokensAfter - tokensBefore >= prompt - 1, $"{tokensAfter - tokensBefore} cached prompt tokens for a prompt of {prompt}");
+        Assert.Equal(first["choices"]![0]!["message"]!["content"]!.GetValue<string>(), second["choices"]![0]!["message"]!["content"]!.GetValue<string>());
+        Assert.Matches($@"granary_silo_batch_size\{{silo=""{silo}""\}} \d", await fixture.Http.GetStringAsync("/metrics"));
+    }
+
     private static (int Prompt, int Completion, int Total) Usage(JsonNode body) =>
         (body["usage"]!["prompt_tokens"]!.GetValue<int>(), body["usage"]!["completion_tokens"]!.GetValue<int>(), body["usage"]!["total_tokens"]!.GetValue<int>());
 }

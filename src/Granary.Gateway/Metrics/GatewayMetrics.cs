@@ -94,6 +94,11 @@ internal sealed class GatewayMetrics
         SiloGauge(text, reporting, "granary_silo_shards", "gauge", "Model shards loaded on the silo.", host => host.Shards.Length);
         SiloGauge(text, reporting, "granary_silo_generations_running", "gauge", "Generations the silo is running or holding for its shard now.", host => host.Work.Length);
         SiloGauge(text, reporting, "granary_silo_model_loads_total", "counter", "Times the silo read model weights from disk since it started.", host => host.ModelLoads);
+        SiloGauge(text, reporting, "granary_silo_batch_size", "gauge", "Sequences in the silo's decode batches at their last step.", host => SumBatches(host, batch => batch.LastBatchSize));
+        SiloGauge(text, reporting, "granary_silo_batch_queue", "gauge", "Requests on the silo waiting for a batch slot.", host => SumBatches(host, batch => batch.QueuedRequests));
+        SiloGauge(text, reporting, "granary_silo_prompt_cache_hits_total", "counter", "Requests whose prompt reused a cached prefix, since the shards loaded.", host => SumBatches(host, batch => batch.PromptCacheHits));
+        SiloGauge(text, reporting, "granary_silo_prompt_cache_misses_total", "counter", "Requests whose prompt found no cached prefix, since the shards loaded.", host => SumBatches(host, batch => batch.PromptCacheMisses));
+        SiloGauge(text, reporting, "granary_silo_prompt_cache_hit_tokens_total", "counter", "Prompt tokens taken from the prompt cache instead of prefilled.", host => SumBatches(host, batch => batch.PromptCacheHitTokens));
 
         Header(text, "granary_model_plan_version", "gauge", "The plan version of each loaded model (it grows with every re-plan).");
         foreach (var plan in status.Models)
@@ -101,6 +106,9 @@ internal sealed class GatewayMetrics
             Sample(text, "granary_model_plan_version", $"model=\"{Escape(plan.Model)}\"", plan.Version);
         }
     }
+
+    private static long SumBatches(HostReport host, Func<BatchState, long> value) =>
+        host.Shards.Sum(shard => shard.Batching is { } batch ? value(batch) : 0);
 
     private static void SiloGauge(StringBuilder text, List<SiloStatusReport> silos, string name, string type, string help, Func<HostReport, long> value)
     {
