@@ -1,19 +1,25 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
 using Granary.Collectives;
+using Granary.Models;
+using Granary.Models.Transformer;
 using Granary.Tensors;
 using Granary.Tensors.Cuda;
 
 namespace Granary.Bench;
 
 /// <summary>
-/// Decode and prefill speed of the CUDA backend on Qwen3-0.6B- and Qwen3-8B-shaped bf16 decoders whose weights are
-/// generated on the GPU, beside the decode roofline: weight bytes per step over the device-to-device copy bandwidth
-/// measured in the same run. The step issues exactly the backend operations of Granary.Models' decoder layer
-/// (RMSNorm, q/k/v, q/k norm, RoPE, cache append, attention, o, SwiGLU, residuals; final norm and lm_head) and reads
-/// the logits back every step as generation does. Batch 8 is 8 sequences decoded together (Linear over 8 rows,
-/// attention per sequence). "graph" replays the step captured as a CUDA graph at one fixed position.
+/// Decode and prefill speed of the CUDA backend on Qwen3-0.6B- and Qwen3-8B-shaped bf16 decoders, beside the decode
+/// roofline: weight bytes per step over the device-to-device copy bandwidth measured in the same run.
+/// "model" columns run Granary.Models' <see cref="CausalLanguageModel"/> itself, loaded from a checkpoint of the shape
+/// (written sparse, then its weights filled with random values on the GPU): its plain path (one backend call per
+/// operation) and its default path (at batch 1 the fused decode step, recorded once as a CUDA graph). "step" columns
+/// are hand-built steps over the same shape for comparison: the plain layer sequence replayed as a graph at one fixed
+/// position, and the fused step. Every decode step reads the logits back as generation does. Batch 8 is 8 sequences
+/// decoded together (Linear over 8 rows, attention per sequence).
 /// </summary>
 internal static class CudaBenchmark
 {
@@ -33,31 +39,53 @@ internal static class CudaBenchmark
         var rows = new List<string>();
         foreach (var shape in Shapes.Where(s => options.Models.Contains(s.Name)))
         {
-            using var model = new SyntheticModel(backend, shape);
-            var bytes = model.WeightBytesPerStep;
-            var prefill = model.MeasurePrefill(options.Prompt);
+            var steps = new Dictionary<int, (double Graph, double Fused, double LinearBandwidth)>();
+            long bytes;
+            using (var synthetic = new SyntheticModel(backend, shape))
+            {
+                bytes = synthetic.WeightBytesPerStep;
+                foreach (var batch in options.Batches)
+                {
+                    var (_, graph, linearBandwidth) = synthetic.MeasureDecode(batch, options.Prompt, options.Steps);
+                    steps[batch] = (graph, batch == 1 ? FusedOrNaN(synthetic, options) : double.NaN, linearBandwidth);
+                }
+            }
+
+            using var real = RealModel.Load(backend, shape);
+            if (real.Model.WeightBytes != bytes)
+            {
+                Console.Error.WriteLine($"{shape.Name}: the model reads {real.Model.WeightBytes} weight bytes a step, the hand-built step {bytes}; the roofline uses the latter.");
+            }
+
+            var prefill = real.MeasurePrefill(options.Prompt);
             foreach (var batch in options.Batches)
             {
-                var (eager, graph, linearBandwidth) = model.MeasureDecode(batch, options.Prompt, options.Steps);
                 var roofline = bandwidth / bytes * batch;
-                var fusedGraph = batch == 1 ? FusedOrNaN(model, options) : double.NaN;
-                var fused = batch == 1
-                    ? string.Create(CultureInfo.InvariantCulture, $"{fusedGraph,9:F1} {fusedGraph / roofline,6:P0}")
-                    : $"{"-",9} {"-",6}";
+                var plain = batch == 1 ? real.MeasureDecode(batch, options.Prompt, options.Steps, fused: false) : double.NaN;
+                var current = real.MeasureDecode(batch, options.Prompt, options.Steps, fused: batch == 1);
+                var (graph, fused, linearBandwidth) = steps[batch];
                 rows.Add(string.Create(
                     CultureInfo.InvariantCulture,
-                    $"{shape.Name,-11} {batch,5} {bytes / 1e9,10:F2} {roofline,10:F0} {eager,9:F1} {eager / roofline,6:P0} {graph,9:F1} {graph / roofline,6:P0} {fused} {linearBandwidth / 1e12,9:F2} {prefill,12:F0}"));
+                    $"{shape.Name,-11} {batch,5} {bytes / 1e9,10:F2} {roofline,10:F0} {Rate(plain, roofline)} {Rate(current, roofline)} {Rate(graph, roofline)} {Rate(fused, roofline)} {linearBandwidth / 1e12,9:F2} {prefill,12:F0}"));
                 Console.WriteLine(rows[^1]);
+            }
+
+            if (real.Model.FusedDecodeRecordingFailure is { } failure)
+            {
+                Console.WriteLine($"{shape.Name}: the fused decode step could not be recorded and ran eagerly: {failure}");
             }
         }
 
         Console.WriteLine();
-        Console.WriteLine($"{"model",-11} {"batch",5} {"weight GB",10} {"roofline",10} {"eager",9} {"%roof",6} {"graph",9} {"%roof",6} {"fused",9} {"%roof",6} {"gemv TB/s",9} {"prefill t/s",12}");
+        Console.WriteLine($"{"",-11} {"",5} {"",10} {"",10} {"model (real CausalLanguageModel)",-33} {"step (hand-built)",-33}");
+        Console.WriteLine($"{"model",-11} {"batch",5} {"weight GB",10} {"roofline",10} {"plain",9} {"%roof",6} {"current",9} {"%roof",6} {"graph",9} {"%roof",6} {"fused",9} {"%roof",6} {"gemv TB/s",9} {"prefill t/s",12}");
         rows.ForEach(Console.WriteLine);
         Console.WriteLine("(decode columns in tokens/s summed over the batch; roofline = copy bandwidth / weight bytes per step x batch;");
-        Console.WriteLine(" eager/graph: the one-op-per-call step of Granary.Models' decoder layer; fused: the step with the backend's decode");
-        Console.WriteLine(" fusions, captured once and replayed at every position (batch 1);");
-        Console.WriteLine(" gemv TB/s = weight bytes of the step's Linear calls alone, replayed as a graph, over their time)");
+        Console.WriteLine(" model plain: CausalLanguageModel with FusedDecode off, one backend call per operation; model current: its default");
+        Console.WriteLine(" path (batch 1: the fused decode step recorded as a CUDA graph; batch 8: the plain path); step graph: the plain");
+        Console.WriteLine(" layer sequence hand-built and replayed as a graph at one fixed position; step fused: the fused step hand-built;");
+        Console.WriteLine(" gemv TB/s = weight bytes of the step's Linear calls alone, replayed as a graph, over their time;");
+        Console.WriteLine(" prefill: the model's Forward over the prompt)");
         return 0;
     }
 
@@ -102,6 +130,11 @@ internal static class CudaBenchmark
         world.Barrier();
         return 0;
     }
+
+    private static string Rate(double tokensPerSecond, double roofline) =>
+        double.IsNaN(tokensPerSecond)
+            ? $"{"-",9} {"-",6}"
+            : string.Create(CultureInfo.InvariantCulture, $"{tokensPerSecond,9:F1} {tokensPerSecond / roofline,6:P0}");
 
     /// <summary>The fused step's tokens/s, or NaN with the reason on stderr where its kernels cannot run (so the table still prints).</summary>
     private static double FusedOrNaN(SyntheticModel model, Options options)
@@ -229,18 +262,6 @@ internal static class CudaBenchmark
             (_embedding.WeightBytes / _shape.Vocabulary) + _finalNorm.ByteLength + _head.WeightBytes
             + _layers.Sum(l => l.InputNorm.ByteLength + l.Query.WeightBytes + l.Key.WeightBytes + l.Value.WeightBytes + l.Output.WeightBytes
                 + l.QueryNorm.ByteLength + l.KeyNorm.ByteLength + l.PostNorm.ByteLength + l.Gate.WeightBytes + l.Up.WeightBytes + l.Down.WeightBytes);
-
-        /// <summary>Tokens per second of one prompt of <paramref name="tokens"/> (after a warm-up prompt).</summary>
-        public double MeasurePrefill(int tokens)
-        {
-            using var state = new DecodeState(_backend, _shape, 1, tokens, tokens + 1, 1);
-            Prefill(state, tokens);
-            _backend.Synchronize();
-            var clock = Stopwatch.StartNew();
-            Prefill(state, tokens);
-            _backend.Synchronize();
-            return tokens / clock.Elapsed.TotalSeconds;
-        }
 
         /// <summary>
         /// Decode tokens per second summed over <paramref name="batch"/> sequences, eager and as a graph replay, and the
@@ -387,23 +408,6 @@ internal static class CudaBenchmark
             b.Linear(state.Normed, _head, state.Logits);
         }
 
-        private void Prefill(DecodeState state, int tokens)
-        {
-            var b = _backend;
-            var s = _shape;
-            b.Embedding(_embedding, state.Ids, state.Hidden);
-            foreach (var (layer, index) in _layers.Select((l, i) => (l, i)))
-            {
-                Attention(state, layer, index, state.Positions(0, tokens), (query, output) =>
-                    b.Attention(query, state.Keys[0][index], state.Values[0][index], 0, 1f / MathF.Sqrt(s.HeadDim), output), startPosition: 0);
-                FeedForward(state, layer);
-            }
-
-            var last = state.Hidden.Slice(tokens - 1, 1);
-            b.RmsNorm(last, _finalNorm, Epsilon, state.Normed.Slice(0, 1));
-            b.Linear(state.Normed.Slice(0, 1), _head, state.Logits.Slice(0, 1));
-        }
-
         private void DecodeStep(DecodeState state, int position)
         {
             var b = _backend;
@@ -525,6 +529,246 @@ internal static class CudaBenchmark
         {
             _owned.Add(item);
             return item;
+        }
+    }
+
+    /// <summary>
+    /// Granary.Models' own model of a shape: a Qwen3 checkpoint written sparse (a safetensors header, then holes that read
+    /// as zeros, so nothing is generated on the host), loaded through <see cref="ModelLoader"/> like any checkpoint, then
+    /// every weight filled with random values on the GPU (norms near 1, projections within 1/sqrt(in)).
+    /// </summary>
+    private sealed class RealModel : IDisposable
+    {
+        private readonly CudaBackend _backend;
+        private readonly string _directory;
+        private readonly LoadedModel _loaded;
+
+        private RealModel(CudaBackend backend, string directory, LoadedModel loaded) => (_backend, _directory, _loaded) = (backend, directory, loaded);
+
+        public CausalLanguageModel Model => _loaded.Model;
+
+        public static RealModel Load(CudaBackend backend, Shape shape)
+        {
+            var directory = Path.Combine(Path.GetTempPath(), $"granary-bench-{shape.Name}-{Environment.ProcessId}");
+            Directory.CreateDirectory(directory);
+            try
+            {
+                WriteCheckpoint(directory, shape);
+                var loaded = ModelLoader.Load(directory, backend);
+                var model = new RealModel(backend, directory, loaded);
+                model.FillWeights();
+                return model;
+            }
+            catch
+            {
+                Directory.Delete(directory, recursive: true);
+                throw;
+            }
+        }
+
+        /// <summary>Tokens per second of one prompt of <paramref name="tokens"/> through Forward (after a warm-up prompt).</summary>
+        public double MeasurePrefill(int tokens)
+        {
+            var ids = Ids(tokens, 0);
+            var logits = new float[Model.Config.VocabularySize];
+            using var cache = Model.CreateCache(tokens);
+            Model.Forward(ids, cache, logits);
+            cache.Reset();
+            var clock = Stopwatch.StartNew();
+            Model.Forward(ids, cache, logits);
+            return tokens / clock.Elapsed.TotalSeconds;
+        }
+
+        /// <summary>
+        /// Decode tokens per second summed over <paramref name="batch"/> sequences after a prompt each, through Forward
+        /// (batch 1) or ForwardBatch, with <see cref="CausalLanguageModel.FusedDecode"/> set to <paramref name="fused"/>;
+        /// three warm-up steps first (the fused step runs once eagerly, is recorded, then replayed).
+        /// </summary>
+        public double MeasureDecode(int batch, int prompt, int steps, bool fused)
+        {
+            const int Warmup = 3;
+            var model = Model;
+            model.FusedDecode = fused;
+            var vocabulary = model.Config.VocabularySize;
+            var caches = Enumerable.Range(0, batch).Select(_ => model.CreateCache(prompt + Warmup + steps)).ToArray();
+            try
+            {
+                var logits = new float[batch * vocabulary];
+                foreach (var (cache, i) in caches.Select((c, i) => (c, i)))
+                {
+                    model.Forward(Ids(prompt, i), cache, logits.AsSpan(0, vocabulary));
+                }
+
+                var tokens = new int[batch];
+                var sequences = new BatchedSequence[batch];
+                void Step(int step)
+                {
+                    for (var i = 0; i < batch; i++)
+                    {
+                        tokens[i] = ((step * 31) + (i * 7919) + 1) % vocabulary;
+                        sequences[i] = new BatchedSequence(caches[i], tokens.AsMemory(i, 1));
+                    }
+
+                    if (batch == 1)
+                    {
+                        model.Forward(tokens.AsSpan(0, 1), caches[0], logits);
+                    }
+                    else
+                    {
+                        model.ForwardBatch(sequences, logits);
+                    }
+                }
+
+                for (var step = 0; step < Warmup; step++)
+                {
+                    Step(step);
+                }
+
+                var clock = Stopwatch.StartNew();
+                for (var step = 0; step < steps; step++)
+                {
+                    Step(Warmup + step);
+                }
+
+                var rate = batch * steps / clock.Elapsed.TotalSeconds;
+                if (logits.Any(float.IsNaN))
+                {
+                    throw new InvalidOperationException("The model's decode produced NaN logits.");
+                }
+
+                return rate;
+            }
+            finally
+            {
+                foreach (var cache in caches)
+                {
+                    cache.Dispose();
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            _loaded.Dispose();
+            Directory.Delete(_directory, recursive: true);
+        }
+
+        private int[] Ids(int count, int sequence) =>
+            Enumerable.Range(0, count).Select(i => ((i * 7919) + (sequence * 104729) + 3) % Model.Config.VocabularySize).ToArray();
+
+        private void FillWeights()
+        {
+            var model = Model;
+            ulong seed = 1000;
+            void Norm(Tensor? weight)
+            {
+                if (weight is not null)
+                {
+                    _backend.FillUniform(weight, 0.8f, 1.2f, seed++);
+                }
+            }
+
+            void Projection(LinearWeight weight)
+            {
+                var bound = 1f / MathF.Sqrt(weight.InFeatures);
+                _backend.FillUniform(((DenseWeight)weight).Weight, -bound, bound, seed++);
+            }
+
+            Projection(model.Embedding!);
+            foreach (var layer in model.Layers)
+            {
+                var attention = layer.Attention;
+                var feedForward = (DenseFeedForward)layer.FeedForward;
+                Norm(layer.InputNorm);
+                Norm(layer.PostAttentionNorm);
+                Norm(attention.QueryNorm);
+                Norm(attention.KeyNorm);
+                foreach (var weight in new[] { attention.QueryProjection, attention.KeyProjection, attention.ValueProjection, attention.OutputProjection, feedForward.Gate, feedForward.Up, feedForward.Down })
+                {
+                    Projection(weight);
+                }
+            }
+
+            Norm(model.FinalNorm);
+            if (!ReferenceEquals(model.OutputHead, model.Embedding))
+            {
+                Projection(model.OutputHead!);
+            }
+
+            _backend.Synchronize();
+        }
+
+        /// <summary>config.json and a model.safetensors of bf16 tensors whose data is one hole of the right length.</summary>
+        private static void WriteCheckpoint(string directory, Shape shape)
+        {
+            var (hidden, headDim, inner) = (shape.Hidden, shape.HeadDim, shape.Inner);
+            var tensors = new List<(string Name, int[] Shape)> { ("model.embed_tokens.weight", [shape.Vocabulary, hidden]) };
+            for (var i = 0; i < shape.Layers; i++)
+            {
+                var prefix = $"model.layers.{i}.";
+                tensors.AddRange(
+                [
+                    (prefix + "input_layernorm.weight", [hidden]),
+                    (prefix + "self_attn.q_proj.weight", [shape.Heads * headDim, hidden]),
+                    (prefix + "self_attn.k_proj.weight", [shape.KvHeads * headDim, hidden]),
+                    (prefix + "self_attn.v_proj.weight", [shape.KvHeads * headDim, hidden]),
+                    (prefix + "self_attn.o_proj.weight", [hidden, shape.Heads * headDim]),
+                    (prefix + "self_attn.q_norm.weight", [headDim]),
+                    (prefix + "self_attn.k_norm.weight", [headDim]),
+                    (prefix + "post_attention_layernorm.weight", [hidden]),
+                    (prefix + "mlp.gate_proj.weight", [inner, hidden]),
+                    (prefix + "mlp.up_proj.weight", [inner, hidden]),
+                    (prefix + "mlp.down_proj.weight", [hidden, inner]),
+                ]);
+            }
+
+            tensors.Add(("model.norm.weight", [hidden]));
+            if (!shape.Tied)
+            {
+                tensors.Add(("lm_head.weight", [shape.Vocabulary, hidden]));
+            }
+
+            var header = new Dictionary<string, object>();
+            long offset = 0;
+            foreach (var (name, dims) in tensors)
+            {
+                var bytes = dims.Aggregate(2L, (product, d) => product * d);
+                header[name] = new { dtype = "BF16", shape = dims, data_offsets = new[] { offset, offset + bytes } };
+                offset += bytes;
+            }
+
+            var json = JsonSerializer.Serialize(header);
+            json += new string(' ', (8 - (Encoding.UTF8.GetByteCount(json) % 8)) % 8);
+            var headerBytes = Encoding.UTF8.GetBytes(json);
+            using (var file = File.Create(Path.Combine(directory, "model.safetensors")))
+            {
+                file.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
+                file.Write(headerBytes);
+                file.SetLength(8 + headerBytes.Length + offset);
+            }
+
+            var config = new Dictionary<string, object>
+            {
+                ["architectures"] = new[] { "Qwen3ForCausalLM" },
+                ["model_type"] = "qwen3",
+                ["hidden_size"] = hidden,
+                ["intermediate_size"] = inner,
+                ["num_hidden_layers"] = shape.Layers,
+                ["num_attention_heads"] = shape.Heads,
+                ["num_key_value_heads"] = shape.KvHeads,
+                ["head_dim"] = headDim,
+                ["vocab_size"] = shape.Vocabulary,
+                ["rms_norm_eps"] = 1e-6,
+                ["rope_theta"] = 1e6,
+                ["max_position_embeddings"] = 40960,
+                ["tie_word_embeddings"] = shape.Tied,
+                ["attention_bias"] = false,
+                ["hidden_act"] = "silu",
+                ["torch_dtype"] = "bfloat16",
+                ["bos_token_id"] = 151643,
+                ["eos_token_id"] = 151645,
+            };
+            File.WriteAllText(Path.Combine(directory, "config.json"), JsonSerializer.Serialize(config));
         }
     }
 

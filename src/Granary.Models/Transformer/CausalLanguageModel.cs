@@ -22,6 +22,8 @@ public sealed class CausalLanguageModel : IDisposable
     private readonly List<PassSegment> _segments = [];
     private readonly int[] _headSequences = new int[ForwardScratch.MaxHeadRows];
     private ForwardScratch? _scratch;
+    private FusedDecodeStep? _fusedDecodeStep;
+    private bool _fusedDecode;
 
     // Host buffers that grow to the largest batch seen: a pass's ids and positions, a batch's logits for sampling, the
     // head's logits before they go to their rows, and the vocabulary runs of the tensor-parallel ranks (padded alike).
@@ -57,6 +59,8 @@ public sealed class CausalLanguageModel : IDisposable
         OutputHead = outputHead;
         _inverseFrequencies = inverseFrequencies;
         _prefillChunkSize = prefillChunkSize;
+        _fusedDecodeStep = FusedDecodeStep.TryCreate(backend, config, partition, embedding, layers, finalNorm, outputHead, inverseFrequencies);
+        _fusedDecode = _fusedDecodeStep is not null;
     }
 
     public ModelConfig Config { get; }
@@ -86,6 +90,31 @@ public sealed class CausalLanguageModel : IDisposable
         _partition.TensorSize,
         _partition.Layers,
         WeightBytesHeld);
+
+    /// <summary>
+    /// Whether a one-token step of a single sequence runs the backend's fused decode step (<see cref="IFusedDecodeBackend"/>),
+    /// recorded once and replayed at every position, instead of one backend call per operation. On by default where the
+    /// backend offers it and the model qualifies (the whole model on one device, dense SwiGLU layers with unquantized
+    /// q/k/v/gate/up); false elsewhere. Turning it off runs the plain path (results agree to f32 rounding); turning it
+    /// on where it is not available throws <see cref="InvalidOperationException"/>.
+    /// </summary>
+    public bool FusedDecode
+    {
+        get => _fusedDecode;
+        set
+        {
+            if (value && _fusedDecodeStep is null)
+            {
+                throw new InvalidOperationException(
+                    $"The fused decode step needs a backend that offers it (this one is '{Backend.Name}'), the whole model on it and dense, unquantized layers.");
+            }
+
+            _fusedDecode = value;
+        }
+    }
+
+    /// <summary>Why recording the fused decode step failed, so that it runs eagerly; null while recording works (or is not used).</summary>
+    public string? FusedDecodeRecordingFailure => _fusedDecodeStep?.RecordingFailure;
 
     /// <summary>Time spent in collectives and pipeline transfers since load, for splitting a step into compute and communication.</summary>
     public TimeSpan CommunicationTime => _partition.CommunicationTime;
@@ -122,6 +151,9 @@ public sealed class CausalLanguageModel : IDisposable
     {
         var weights = new WeightLoader(checkpoint, backend, config.Quantization, configPath);
         var loaded = new List<IDisposable> { checkpoint };
+
+        // q|k|v and gate|up are held stacked (not also apart) only where the fused decode step will read them.
+        var stack = FusedDecodeStep.Wants(backend, config, partition) && config.Quantization is null ? backend : null;
         try
         {
             var (vocabulary, hidden) = (config.VocabularySize, config.HiddenSize);
@@ -129,7 +161,7 @@ public sealed class CausalLanguageModel : IDisposable
             var layers = new DecoderLayer[partition.Layers.Count];
             for (var i = 0; i < layers.Length; i++)
             {
-                layers[i] = loaded.Keep(DecoderLayer.Load(weights, config, partition.Layers.Start + i, partition));
+                layers[i] = loaded.Keep(DecoderLayer.Load(weights, config, partition.Layers.Start + i, partition, stack));
             }
 
             Tensor? finalNorm = null;
@@ -207,6 +239,11 @@ public sealed class CausalLanguageModel : IDisposable
         lock (_forwardLock)
         {
             var scratch = PrepareBatch(batch);
+            if (TryFusedDecode(batch, logits))
+            {
+                return;
+            }
+
             RunBatch(scratch, batch, logits);
             _partition.BroadcastFromLastStage(logits);
         }
@@ -237,7 +274,11 @@ public sealed class CausalLanguageModel : IDisposable
             }
 
             var logits = _batchLogits.AsSpan(0, batch.Length * vocabulary);
-            RunBatch(scratch, batch, logits);
+            if (!TryFusedDecode(batch, logits))
+            {
+                RunBatch(scratch, batch, logits);
+            }
+
             tokens.Fill(Generation.GeneratedToken.NoToken);
             if (_partition.IsLastStage)
             {
@@ -300,6 +341,7 @@ public sealed class CausalLanguageModel : IDisposable
 
             _disposed = true;
             _scratch?.Dispose();
+            _fusedDecodeStep?.Dispose();
             _inverseFrequencies.Dispose();
             if (!ReferenceEquals(OutputHead, Embedding))
             {
@@ -373,6 +415,21 @@ public sealed class CausalLanguageModel : IDisposable
         }
 
         return _scratch;
+    }
+
+    /// <summary>
+    /// A one-token step of a single sequence that wants its logits, through the fused decode step when it is on; false
+    /// (nothing done) otherwise. The fused step only runs unsharded, so there is nothing to broadcast.
+    /// </summary>
+    private bool TryFusedDecode(ReadOnlySpan<BatchedSequence> batch, Span<float> logits)
+    {
+        if (!_fusedDecode || batch.Length != 1 || batch[0].Ids.Length != 1 || !batch[0].NeedsLogits)
+        {
+            return false;
+        }
+
+        _fusedDecodeStep!.Run(batch[0].Ids.Span[0], batch[0].Cache, logits);
+        return true;
     }
 
     /// <summary>

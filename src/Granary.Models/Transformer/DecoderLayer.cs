@@ -38,20 +38,27 @@ public sealed class DecoderLayer : IDisposable
     public long WeightBytesHeld =>
         InputNorm.ByteLength + Attention.WeightBytes + PostAttentionNorm.ByteLength + FeedForward.WeightBytesHeld;
 
-    internal static DecoderLayer Load(WeightLoader weights, ModelConfig config, int index, ModelPartition partition)
+    /// <summary>Epsilon of the layer's RMS norms.</summary>
+    internal float Epsilon => _epsilon;
+
+    /// <summary>True when q|k|v and gate|up are held stacked, as the fused decode step needs them.</summary>
+    internal bool IsStacked => Attention.QueryKeyValue is not null && FeedForward is DenseFeedForward { GateUp: not null };
+
+    /// <param name="stack">The backend to stack q|k|v and gate|up on for its fused decode step, or null to load them apart.</param>
+    internal static DecoderLayer Load(WeightLoader weights, ModelConfig config, int index, ModelPartition partition, IComputeBackend? stack = null)
     {
         var prefix = $"model.layers.{index}.";
         var loaded = new List<IDisposable>();
         try
         {
             var inputNorm = loaded.Keep(weights.Vector(prefix + "input_layernorm.weight", config.HiddenSize));
-            var attention = loaded.Keep(SelfAttention.Load(weights, config, prefix + "self_attn.", partition));
+            var attention = loaded.Keep(SelfAttention.Load(weights, config, prefix + "self_attn.", partition, stack));
             var postNorm = loaded.Keep(weights.Vector(prefix + "post_attention_layernorm.weight", config.HiddenSize));
             FeedForward feedForward = config.MixtureOfExperts is { } moe && moe.IsSparseLayer(index)
                 ? MixtureOfExpertsFeedForward.Load(weights, moe, prefix + "mlp.", config.HiddenSize, partition.Experts)
                 : DenseFeedForward.Load(
                     weights, prefix + "mlp.", config.HiddenSize, config.IntermediateSize, config.MlpBias,
-                    partition.TensorSize == 1 ? null : partition.Intermediate, keepDownBias: partition.TensorRank == 0);
+                    partition.TensorSize == 1 ? null : partition.Intermediate, keepDownBias: partition.TensorRank == 0, stack);
             return new DecoderLayer(index, config.RmsNormEpsilon, partition, inputNorm, attention, postNorm, feedForward);
         }
         catch

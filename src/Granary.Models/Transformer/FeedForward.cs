@@ -21,11 +21,12 @@ public abstract class FeedForward : IDisposable
 /// <summary>down(silu(gate(x)) * up(x)).</summary>
 public sealed class DenseFeedForward : FeedForward
 {
-    internal DenseFeedForward(LinearWeight gate, LinearWeight up, LinearWeight down)
+    internal DenseFeedForward(LinearWeight gate, LinearWeight up, LinearWeight down, DenseWeight? gateUp = null)
     {
         Gate = gate;
         Up = up;
         Down = down;
+        GateUp = gateUp;
     }
 
     public LinearWeight Gate { get; }
@@ -33,6 +34,12 @@ public sealed class DenseFeedForward : FeedForward
     public LinearWeight Up { get; }
 
     public LinearWeight Down { get; }
+
+    /// <summary>
+    /// gate and up stacked as one [2 inner, hidden] weight for the fused decode step, or null; when set, <see cref="Gate"/>
+    /// and <see cref="Up"/> are row views of it.
+    /// </summary>
+    internal DenseWeight? GateUp { get; }
 
     public override long WeightBytesPerToken => Gate.WeightBytes + Up.WeightBytes + Down.WeightBytes;
 
@@ -42,8 +49,9 @@ public sealed class DenseFeedForward : FeedForward
     /// Loads the MLP, or under tensor parallelism the <paramref name="features"/> of it this rank computes: gate and up
     /// split by output features, down by input features with its bias kept by one rank (<paramref name="keepDownBias"/>).
     /// </summary>
+    /// <param name="stack">Load gate and up stacked (<see cref="GateUp"/>) for a backend's fused decode step, where they are dense, bias-free and of one dtype.</param>
     internal static DenseFeedForward Load(
-        WeightLoader weights, string prefix, int hidden, int intermediate, bool bias, ShardRange? features = null, bool keepDownBias = true)
+        WeightLoader weights, string prefix, int hidden, int intermediate, bool bias, ShardRange? features = null, bool keepDownBias = true, IComputeBackend? stack = null)
     {
         var (inputSlice, outputSlice) = features is { } range
             ? (LinearSlice.Outputs(range), LinearSlice.Inputs(range, keepDownBias))
@@ -54,6 +62,12 @@ public sealed class DenseFeedForward : FeedForward
             var gate = loaded.Keep(weights.Linear(prefix + "gate_proj", intermediate, hidden, bias, inputSlice));
             var up = loaded.Keep(weights.Linear(prefix + "up_proj", intermediate, hidden, bias, inputSlice));
             var down = loaded.Keep(weights.Linear(prefix + "down_proj", hidden, intermediate, bias, outputSlice));
+            if (stack is not null && !bias && StackedWeights.Stack(stack, [gate, up]) is { } stacked)
+            {
+                loaded.Add(stacked);
+                return new DenseFeedForward(stacked.Views[0], stacked.Views[1], down, stacked.Weight);
+            }
+
             return new DenseFeedForward(gate, up, down);
         }
         catch
@@ -76,6 +90,7 @@ public sealed class DenseFeedForward : FeedForward
         Gate.Dispose();
         Up.Dispose();
         Down.Dispose();
+        GateUp?.Dispose();
     }
 }
 

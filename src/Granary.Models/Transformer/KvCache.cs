@@ -66,6 +66,12 @@ public sealed class KvCache : IDisposable
 
     internal Tensor InverseFrequencies { get; }
 
+    /// <summary>
+    /// The fused decode step recorded against this cache's buffers, by attention position limit; a null entry marks a
+    /// limit whose step has run eagerly once (see <see cref="FusedDecodeStep"/>).
+    /// </summary>
+    internal Dictionary<int, IRecordedStep?> DecodeRecordings { get; } = [];
+
     public void Reset() => Truncate(0);
 
     /// <summary>Forgets every token from <paramref name="length"/> on.</summary>
@@ -118,6 +124,12 @@ public sealed class KvCache : IDisposable
         }
 
         _disposed = true;
+        foreach (var recorded in DecodeRecordings.Values)
+        {
+            recorded?.Dispose();
+        }
+
+        DecodeRecordings.Clear();
         foreach (var tensor in _keys.Concat(_values))
         {
             tensor?.Dispose();

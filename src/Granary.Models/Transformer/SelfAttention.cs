@@ -10,7 +10,9 @@ public sealed class SelfAttention : IDisposable
     private readonly ModelConfig _config;
     private readonly float _scale;
 
-    internal SelfAttention(ModelConfig config, int heads, int keyValueHeads, LinearWeight query, LinearWeight key, LinearWeight value, LinearWeight output, Tensor? queryNorm, Tensor? keyNorm)
+    internal SelfAttention(
+        ModelConfig config, int heads, int keyValueHeads, LinearWeight query, LinearWeight key, LinearWeight value, LinearWeight output, Tensor? queryNorm, Tensor? keyNorm,
+        DenseWeight? queryKeyValue = null)
     {
         _config = config;
         _scale = (float)(1.0 / Math.Sqrt(config.HeadDim));
@@ -22,6 +24,7 @@ public sealed class SelfAttention : IDisposable
         OutputProjection = output;
         QueryNorm = queryNorm;
         KeyNorm = keyNorm;
+        QueryKeyValue = queryKeyValue;
     }
 
     /// <summary>Query heads this rank computes (all of them without tensor parallelism).</summary>
@@ -42,6 +45,15 @@ public sealed class SelfAttention : IDisposable
 
     public Tensor? KeyNorm { get; }
 
+    /// <summary>
+    /// q, k and v stacked as one [q + 2 kv, hidden] weight for the fused decode step, or null. When set, the three
+    /// projections are row views of it, so the weights are held once.
+    /// </summary>
+    internal DenseWeight? QueryKeyValue { get; }
+
+    /// <summary>1 / sqrt(head dim).</summary>
+    internal float Scale => _scale;
+
     public long WeightBytes =>
         QueryProjection.WeightBytes + KeyProjection.WeightBytes + ValueProjection.WeightBytes + OutputProjection.WeightBytes
         + (QueryNorm?.ByteLength ?? 0) + (KeyNorm?.ByteLength ?? 0);
@@ -50,7 +62,11 @@ public sealed class SelfAttention : IDisposable
     /// Loads this rank's heads: q/k/v split by output features (whole heads), o_proj by input features, its bias kept
     /// by tensor rank 0 only since the ranks' partial outputs are summed.
     /// </summary>
-    internal static SelfAttention Load(WeightLoader weights, ModelConfig config, string prefix, ModelPartition partition)
+    /// <param name="stack">
+    /// Load q, k and v stacked into one weight (<see cref="QueryKeyValue"/>) for a backend's fused decode step; only
+    /// where they are dense and of one dtype (the caller checks that they are not quantized).
+    /// </param>
+    internal static SelfAttention Load(WeightLoader weights, ModelConfig config, string prefix, ModelPartition partition, IComputeBackend? stack = null)
     {
         var headDim = config.HeadDim;
         var queryWidth = config.AttentionHeadCount * headDim;
@@ -72,6 +88,13 @@ public sealed class SelfAttention : IDisposable
                 whole ? LinearSlice.Whole : LinearSlice.Inputs(new ShardRange(heads.Start * headDim, heads.Count * headDim), keepBias: partition.TensorRank == 0)));
             var queryNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "q_norm.weight", headDim)) : null;
             var keyNorm = config.QueryKeyNorm ? loaded.Keep(weights.Vector(prefix + "k_norm.weight", headDim)) : null;
+            if (stack is not null && StackedWeights.Stack(stack, [query, key, value]) is { } stacked)
+            {
+                loaded.Add(stacked);
+                return new SelfAttention(
+                    config, heads.Count, partition.KeyValueHeadCount, stacked.Views[0], stacked.Views[1], stacked.Views[2], output, queryNorm, keyNorm, stacked.Weight);
+            }
+
             return new SelfAttention(config, heads.Count, partition.KeyValueHeadCount, query, key, value, output, queryNorm, keyNorm);
         }
         catch
@@ -121,5 +144,6 @@ public sealed class SelfAttention : IDisposable
         OutputProjection.Dispose();
         QueryNorm?.Dispose();
         KeyNorm?.Dispose();
+        QueryKeyValue?.Dispose();
     }
 }

@@ -12,10 +12,10 @@ namespace Granary.Tensors.Cuda;
 /// <see cref="Synchronize"/> wait. Memory comes from the stream-ordered pool, so allocating and freeing inside a step
 /// do not stall either. Calls from several threads must be serialised by the caller (as models do per forward pass).
 /// Beyond <see cref="IComputeBackend"/> it offers decode fusions (<see cref="AddRmsNorm"/>, <see cref="QkNormRopeAppend"/>,
-/// <see cref="SwiGluLinear"/>, attention at a position in device memory) with which a whole decode step is 9 kernels a
-/// layer and can be captured once as a graph replayed at every position.
+/// <see cref="SwiGluLinear"/>, attention at a position in device memory; <see cref="IFusedDecodeBackend"/>) with which a
+/// whole decode step is 9 kernels a layer and can be captured once as a graph replayed at every position.
 /// </summary>
-public sealed unsafe class CudaBackend : IComputeBackend
+public sealed unsafe class CudaBackend : IFusedDecodeBackend
 {
     /// <summary>Up to this many tokens a Linear is a GEMV that reads the weight once; beyond, a GEMM.</summary>
     public const int GemvMaxTokens = 8;
@@ -52,6 +52,9 @@ public sealed unsafe class CudaBackend : IComputeBackend
     private readonly Scratch _expertHidden;
     private readonly Scratch _expertOutput;
     private bool _disposed;
+
+    /// <summary>Bumped whenever a scratch block moves, which leaves graphs captured before it pointing at freed memory.</summary>
+    internal int ScratchMoves { get; private set; }
 
     /// <summary>
     /// Opens GPU <paramref name="device"/> (an ordinal among the visible devices); by default this process's GPU
@@ -819,6 +822,38 @@ public sealed unsafe class CudaBackend : IComputeBackend
         return new CudaGraph(this, graph);
     }
 
+    /// <summary>Queues a copy of host bytes into <paramref name="destination"/> (the span may be reused at once).</summary>
+    public void Write(ReadOnlySpan<byte> data, Tensor destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        if (data.Length != destination.ByteLength)
+        {
+            throw new ArgumentException($"Write of {data.Length} bytes does not match {destination} ({destination.ByteLength} bytes).", nameof(data));
+        }
+
+        CopyToDevice(data, PointerOf(destination));
+    }
+
+    /// <summary>
+    /// <see cref="Capture"/> as <see cref="IFusedDecodeBackend.TryRecord"/>: a driver that refuses the capture (or the
+    /// graph's instantiation) gives false and its error, and the stream is usable again for eager work.
+    /// </summary>
+    public bool TryRecord(Action step, out IRecordedStep? recorded, out string? failure)
+    {
+        try
+        {
+            recorded = Capture(step);
+            failure = null;
+            return true;
+        }
+        catch (CudaException e)
+        {
+            recorded = null;
+            failure = e.Message;
+            return false;
+        }
+    }
+
     public void Dispose()
     {
         if (_disposed)
@@ -1165,6 +1200,7 @@ public sealed unsafe class CudaBackend : IComputeBackend
                 backend.Free(_pointer);
                 _capacity = Math.Max(bytes, _capacity * 2);
                 _pointer = backend.AllocateRaw(_capacity);
+                backend.ScratchMoves++;
             }
 
             return _pointer;
@@ -1180,16 +1216,18 @@ public sealed unsafe class CudaBackend : IComputeBackend
 }
 
 /// <summary>An instantiated CUDA graph captured by <see cref="CudaBackend.Capture"/>; <see cref="Launch"/> replays it.</summary>
-public sealed unsafe class CudaGraph : IDisposable
+public sealed unsafe class CudaGraph : IRecordedStep
 {
     private readonly CudaBackend _backend;
     private readonly IntPtr _graph;
     private readonly IntPtr _executable;
+    private readonly int _scratchMoves;
 
     internal CudaGraph(CudaBackend backend, IntPtr graph)
     {
         _backend = backend;
         _graph = graph;
+        _scratchMoves = backend.ScratchMoves;
         IntPtr executable;
         Driver.Check(Driver.cuGraphInstantiateWithFlags(&executable, graph, 0), "cuGraphInstantiateWithFlags");
         _executable = executable;
@@ -1201,6 +1239,14 @@ public sealed unsafe class CudaGraph : IDisposable
         _backend.MakeCurrent();
         Driver.Check(Driver.cuGraphLaunch(_executable, _backend.Stream), "cuGraphLaunch");
     }
+
+    /// <summary>
+    /// False once one of the backend's scratch blocks (attention partials, GEMM splits) has grown since the capture: the
+    /// graph may point at the freed block and must be captured again.
+    /// </summary>
+    public bool IsCurrent => _scratchMoves == _backend.ScratchMoves;
+
+    void IRecordedStep.Replay() => Launch();
 
     public void Dispose()
     {
