@@ -1,4 +1,5 @@
 using System.Net;
+using Granary.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace Granary.Gateway;
@@ -25,7 +26,8 @@ public sealed class GatewayOptions
 
     /// <summary>
     /// Served model names and the cluster model references behind them ("builtin", a folder under the silos' model
-    /// directory, or an absolute path on the silos). Requests for other names get 404.
+    /// directory, or an absolute path on the silos; "{model}@adapters={folder}" serves that model with the LoRA/DoRA
+    /// adapters in the folder merged, see <see cref="ModelReferences"/>). Requests for other names get 404.
     /// </summary>
     public IDictionary<string, string> Models { get; set; } = new Dictionary<string, string>(StringComparer.Ordinal);
 
@@ -91,6 +93,16 @@ public sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             if (string.IsNullOrWhiteSpace(served) || string.IsNullOrWhiteSpace(reference))
             {
                 failures.Add($"Models entry '{served}' = '{reference}' needs both a name and a model reference.");
+                continue;
+            }
+
+            try
+            {
+                ModelReferences.Parse(reference);
+            }
+            catch (ArgumentException e)
+            {
+                failures.Add($"Models entry '{served}': {e.Message}");
             }
         }
 

@@ -85,7 +85,8 @@ internal sealed partial class GenerationRunner(
                 return ApiException.BadRequest(error.Message, spec.PromptParam, "context_length_exceeded");
             case ArgumentException:
                 return ApiException.BadRequest(error.Message, null, "invalid_value");
-            case InsufficientClusterCapacityException:
+            case InsufficientClusterCapacityException or InvalidDataException:
+                // InvalidDataException: the silos could not read the model's files or merge its adapters into it.
                 return new ApiException(StatusCodes.Status503ServiceUnavailable, $"The model '{spec.ServedModel}' cannot be loaded on the cluster: {error.Message}",
                     ApiException.Unavailable, "model", "model_unavailable");
             case GranaryConnectionException or SiloUnavailableException or OrleansMessageRejectionException or TimeoutException

@@ -7,6 +7,7 @@ using Granary.Models.BuiltIn;
 using Granary.Models.Configuration;
 using Granary.Models.Sharding;
 using Granary.Tensors;
+using Granary.Training;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
@@ -24,7 +25,9 @@ public sealed partial class ModelHost : IDisposable
     private readonly ConcurrentDictionary<ShardId, Lazy<Task<HostedShard>>> _shards = new();
     private readonly ConcurrentDictionary<string, RunningWork> _work = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<ShardId, OpenDataPlane> _dataPlanes = new();
+    private readonly ConcurrentDictionary<string, Lazy<bool>> _merges = new(StringComparer.Ordinal);
     private int _loads;
+    private int _adapterMerges;
 
     public ModelHost(IOptions<ModelHostOptions> options, ILogger<ModelHost> logger)
     {
@@ -41,6 +44,9 @@ public sealed partial class ModelHost : IDisposable
     /// <summary>How many times weights were read from disk since the silo started.</summary>
     public int ModelLoads => Volatile.Read(ref _loads);
 
+    /// <summary>How many times this silo merged adapters into a model (a cached merged copy is not counted again).</summary>
+    public int AdapterMerges => Volatile.Read(ref _adapterMerges);
+
     public HostMemory GetMemory()
     {
         var modelBytes = LoadedShards().Sum(shard => shard.WeightBytes);
@@ -54,16 +60,63 @@ public sealed partial class ModelHost : IDisposable
         return new HostMemory(total, available, modelBytes);
     }
 
-    /// <summary>The folder a model reference names on this silo ("builtin" is written on first use).</summary>
+    /// <summary>
+    /// The folder a model reference names on this silo ("builtin" is written on first use). A reference with adapters
+    /// ("{model}@adapters={path}") names the merged copy in <see cref="ModelHostOptions.FusedModelDirectory"/>, merged
+    /// here when no copy of these exact files is there; later loads (a reactivated grain, a new plan, a restarted silo) reuse it.
+    /// </summary>
     public string ResolveModelDirectory(string model)
     {
-        if (string.Equals(model, ModelHostOptions.BuiltInModelReference, StringComparison.OrdinalIgnoreCase)
-            || string.Equals(model, BuiltInModel.Name, StringComparison.Ordinal))
+        var (baseModel, adapters) = ResolveReference(model);
+        if (adapters is null)
         {
-            return BuiltInModel.EnsureCreated(TextWriter.Null);
+            return baseModel;
         }
 
-        return Path.GetFullPath(Path.IsPathRooted(model) ? model : Path.Combine(_options.ModelDirectory, model));
+        var target = AdaptedModels.CachedCopyPath(baseModel, adapters, _options.FusedModelDirectory);
+        if (Directory.Exists(target))
+        {
+            return target;
+        }
+
+        // Concurrent loads of the same copy (the shards of one plan, a retry) share one merge.
+        var merge = _merges.GetOrAdd(target, _ => new Lazy<bool>(() => MergeAdapters(model, baseModel, adapters, target)));
+        try
+        {
+            _ = merge.Value;
+        }
+        finally
+        {
+            _merges.TryRemove(new KeyValuePair<string, Lazy<bool>>(target, merge));
+        }
+
+        return target;
+    }
+
+    /// <summary>The base model folder and the adapter folder (null: none) a reference names on this silo.</summary>
+    private (string Model, string? Adapters) ResolveReference(string reference)
+    {
+        var (model, adapters) = ModelReferences.Parse(reference);
+        var directory = string.Equals(model, ModelHostOptions.BuiltInModelReference, StringComparison.OrdinalIgnoreCase)
+            || string.Equals(model, BuiltInModel.Name, StringComparison.Ordinal)
+            ? BuiltInModel.EnsureCreated(TextWriter.Null)
+            : OnThisSilo(model);
+        return (directory, adapters is null ? null : OnThisSilo(adapters));
+    }
+
+    private string OnThisSilo(string path) => Path.GetFullPath(Path.IsPathRooted(path) ? path : Path.Combine(_options.ModelDirectory, path));
+
+    private bool MergeAdapters(string reference, string model, string adapters, string target)
+    {
+        var clock = Stopwatch.StartNew();
+        if (!AdaptedModels.FuseCached(model, adapters, target))
+        {
+            return false;
+        }
+
+        Interlocked.Increment(ref _adapterMerges);
+        LogMerged(_logger, reference, target, clock.Elapsed.TotalSeconds);
+        return true;
     }
 
     public ModelProbe Probe(string siloName, string model)
@@ -72,7 +125,13 @@ public sealed partial class ModelHost : IDisposable
         string directory = model;
         try
         {
-            directory = ResolveModelDirectory(model);
+            // The merged copy has the base model's shapes; merging waits for the load, not for a probe.
+            (directory, var adapters) = ResolveReference(model);
+            if (adapters is not null)
+            {
+                AdaptedModels.CheckAdapterDirectory(adapters);
+            }
+
             var configPath = Path.Combine(directory, ModelConfig.FileName);
             if (!File.Exists(configPath))
             {
@@ -90,7 +149,7 @@ public sealed partial class ModelHost : IDisposable
                 ExpertCount = config.MixtureOfExperts?.ExpertCount ?? 0,
             };
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ModelLoadException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ModelLoadException or ArgumentException or InvalidDataException)
         {
             return new ModelProbe(siloName, false, directory, 0, 0, 0, BackendName, available, e.Message);
         }
@@ -322,6 +381,9 @@ public sealed partial class ModelHost : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Loaded shard {Shard}: {WeightBytes} bytes of weights in {Seconds:F2} s")]
     private static partial void LogLoaded(ILogger logger, string shard, long weightBytes, double seconds);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Merged the adapters of {Model} into {Directory} in {Seconds:F2} s")]
+    private static partial void LogMerged(ILogger logger, string model, string directory, double seconds);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Unloaded shard {Shard}")]
     private static partial void LogUnloaded(ILogger logger, string shard);

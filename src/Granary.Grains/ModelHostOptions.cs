@@ -13,6 +13,12 @@ public sealed class ModelHostOptions
     /// <summary>Relative model references resolve under this folder. Default: the Granary cache's models folder.</summary>
     public string ModelDirectory { get; set; } = Path.Combine(BuiltInModel.CacheDirectory, "models");
 
+    /// <summary>
+    /// Where models with adapters ("{model}@adapters={path}" references) are kept merged, one folder per model,
+    /// adapters and their files' versions, reused after a restart. Default: the Granary cache's fused folder.
+    /// </summary>
+    public string FusedModelDirectory { get; set; } = Path.Combine(BuiltInModel.CacheDirectory, "fused");
+
     /// <summary>Compute backend: "cpu" (default), "cuda", "metal".</summary>
     public string Backend { get; set; } = "cpu";
 
@@ -43,6 +49,11 @@ internal sealed class ModelHostOptionsValidator : IValidateOptions<ModelHostOpti
         if (string.IsNullOrWhiteSpace(options.ModelDirectory))
         {
             failures.Add("ModelDirectory must be set.");
+        }
+
+        if (string.IsNullOrWhiteSpace(options.FusedModelDirectory))
+        {
+            failures.Add("FusedModelDirectory must be set.");
         }
 
         if (string.IsNullOrWhiteSpace(options.Backend))

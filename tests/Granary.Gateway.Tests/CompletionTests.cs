@@ -201,7 +201,7 @@ public sealed class CompletionTests(GatewayFixture fixture)
         var models = System.Text.Json.Nodes.JsonNode.Parse(await fixture.Http.GetStringAsync("/v1/models"))!;
         Assert.Equal("list", models["object"]!.GetValue<string>());
         Assert.Equal(
-            new[] { TestModels.BuiltIn, TestModels.Chat, TestModels.Reference },
+            TestModels.ServedNames,
             models["data"]!.AsArray().Select(model => model!["id"]!.GetValue<string>()));
         Assert.All(models["data"]!.AsArray(), model => Assert.Equal("model", model!["object"]!.GetValue<string>()));
 

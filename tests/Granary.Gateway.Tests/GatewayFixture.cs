@@ -1,5 +1,8 @@
 using System.Net.Http.Headers;
+using System.Text.Json.Nodes;
+using Granary.Abstractions;
 using Granary.Grains;
+using Granary.Training;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Orleans.TestingHost;
@@ -23,6 +26,16 @@ public sealed class GatewayFixture : IAsyncLifetime
 
     public string ChatModelDirectory => s_chatModelDirectory;
 
+    /// <summary>The adapters the <see cref="TestModels.Adapted"/> model is served with.</summary>
+    public static string AdapterDirectory => Path.Combine(TestDirectory, "adapters");
+
+    /// <summary>Where the silo keeps models with adapters merged.</summary>
+    public static string FusedDirectory => Path.Combine(TestDirectory, "fused");
+
+    private static string TestDirectory => Path.GetDirectoryName(s_chatModelDirectory)!;
+
+    private static string MisfitAdapterDirectory => Path.Combine(TestDirectory, "misfit-adapters");
+
     /// <summary>The gateway inside the silo.</summary>
     public HttpClient Http { get; private set; } = null!;
 
@@ -35,6 +48,12 @@ public sealed class GatewayFixture : IAsyncLifetime
     {
         s_chatModelDirectory = Path.Combine(Path.GetTempPath(), $"granary-gateway-tests-{Environment.ProcessId}", TestModels.Chat);
         TestModels.WriteChatModel(s_chatModelDirectory);
+        TestModels.WriteAdapters(s_chatModelDirectory, AdapterDirectory, seed: 7);
+        TestModels.WriteAdapters(s_chatModelDirectory, MisfitAdapterDirectory, seed: 8);
+        var misfitConfig = Path.Combine(MisfitAdapterDirectory, AdapterFiles.ConfigFileName);
+        var config = JsonNode.Parse(File.ReadAllText(misfitConfig))!;
+        config["lora_parameters"]!["rank"] = 8;
+        File.WriteAllText(misfitConfig, config.ToJsonString());
 
         var builder = new TestClusterBuilder(1);
         // Real sockets: `granary serve` connects to the silo from another process.
@@ -81,6 +100,9 @@ public sealed class GatewayFixture : IAsyncLifetime
         options.Models[TestModels.Chat] = s_chatModelDirectory;
         options.Models[TestModels.Reference] = TestModels.ReferenceDirectory;
         options.Models[TestModels.BuiltIn] = TestModels.BuiltIn;
+        options.Models[TestModels.Adapted] = ModelReferences.WithAdapters(s_chatModelDirectory, AdapterDirectory);
+        options.Models[TestModels.MissingAdapters] = ModelReferences.WithAdapters(s_chatModelDirectory, Path.Combine(TestDirectory, "no-such-adapters"));
+        options.Models[TestModels.MisfitAdapters] = ModelReferences.WithAdapters(s_chatModelDirectory, MisfitAdapterDirectory);
         options.MaxPromptTokens = MaxPromptTokens;
         options.MaxRequestBodyBytes = MaxBodyBytes;
         options.DefaultMaxTokens = 16;
@@ -90,7 +112,11 @@ public sealed class GatewayFixture : IAsyncLifetime
     {
         public void Configure(ISiloBuilder siloBuilder)
         {
-            siloBuilder.AddGranary(modelHost => modelHost.Threads = 1);
+            siloBuilder.AddGranary(modelHost =>
+            {
+                modelHost.Threads = 1;
+                modelHost.FusedModelDirectory = FusedDirectory;
+            });
             siloBuilder.Services.AddGranaryGatewayServer(GatewayFixture.Configure);
         }
     }

@@ -34,7 +34,7 @@ public sealed class OpenAiClientTests(GatewayFixture fixture)
         Assert.True(stream["chunks"]!.GetValue<int>() >= 4);
 
         AssertUsage(result["completion"]!["usage"]!, null, 5);
-        Assert.Equal(new[] { TestModels.BuiltIn, TestModels.Chat, TestModels.Reference }, result["models"]!.AsArray().Select(id => id!.GetValue<string>()));
+        Assert.Equal(TestModels.ServedNames, result["models"]!.AsArray().Select(id => id!.GetValue<string>()));
 
         var unknown = result["unknownModel"]!;
         Assert.Equal(("NotFoundError", 404, "model_not_found", "model"), (unknown["name"]!.GetValue<string>(), unknown["status"]!.GetValue<int>(), unknown["code"]!.GetValue<string>(), unknown["param"]!.GetValue<string>()));

@@ -25,6 +25,7 @@ public sealed partial class ServeCommandTests(GatewayFixture fixture)
             "--gateway", fixture.Cluster.Primary!.GatewayAddress!.Endpoint.ToString(),
             "--cluster-id", options.ClusterId, "--service-id", options.ServiceId,
             "--model", TestModels.Chat, "--served-model", $"{TestModels.Chat}={fixture.ChatModelDirectory}",
+            "--served-model", $"lora={fixture.ChatModelDirectory}", "--served-adapter", $"lora={GatewayFixture.AdapterDirectory}",
         })
         {
             start.ArgumentList.Add(argument);
@@ -50,6 +51,15 @@ public sealed partial class ServeCommandTests(GatewayFixture fixture)
             Assert.Equal(4, body["usage"]!["completion_tokens"]!.GetValue<int>());
             var (unknownStatus, _, _) = await Http.PostAsync(http, "/v1/chat/completions", Http.Chat("hi", 4, TestModels.Reference));
             Assert.Equal(HttpStatusCode.NotFound, unknownStatus);
+
+            // --served-adapter: the same model and adapters as the silo gateway's adapted model, so the same tokens.
+            var adapted = Http.Chat("Tell me about the harvest.", 6, TestModels.Adapted);
+            adapted["return_token_ids"] = true;
+            var (_, expected, _) = await Http.PostAsync(fixture.Http, "/v1/chat/completions", adapted);
+            adapted["model"] = "lora";
+            var (loraStatus, lora, _) = await Http.PostAsync(http, "/v1/chat/completions", adapted);
+            Assert.True(loraStatus == HttpStatusCode.OK, Http.Pretty(lora));
+            Assert.Equal(Http.Ints(expected["choices"]![0]!["token_ids"]), Http.Ints(lora["choices"]![0]!["token_ids"]));
         }
         finally
         {

@@ -6,6 +6,7 @@ using Granary.Models.Generation;
 using Granary.Models.Safetensors;
 using Granary.Models.Tokenization;
 using Granary.Tensors;
+using Granary.Training;
 
 namespace Granary.Gateway.Tests;
 
@@ -19,6 +20,18 @@ internal static class TestModels
     public const string Chat = "tiny-chat";
     public const string Reference = "tiny-qwen3";
     public const string BuiltIn = "builtin";
+
+    /// <summary>The tiny chat model with LoRA adapters merged on the silo.</summary>
+    public const string Adapted = "tiny-chat-lora";
+
+    /// <summary>The tiny chat model with an adapter folder that does not exist.</summary>
+    public const string MissingAdapters = "tiny-chat-missing-lora";
+
+    /// <summary>The tiny chat model with adapters whose config says rank 8 but whose weights have rank 4.</summary>
+    public const string MisfitAdapters = "tiny-chat-misfit-lora";
+
+    /// <summary>Every name the test gateways serve, in the order /v1/models lists them.</summary>
+    public static readonly string[] ServedNames = [BuiltIn, Chat, Adapted, MisfitAdapters, MissingAdapters, Reference];
 
     public static string ReferenceDirectory { get; } = Path.Combine(AppContext.BaseDirectory, "reference", "models", "qwen3");
 
@@ -116,6 +129,34 @@ internal static class TestModels
         }
 
         writer.Save(Path.Combine(directory, "model.safetensors"));
+    }
+
+    /// <summary>
+    /// Writes LoRA adapters (rank 4 on the attention projections) for the model in <paramref name="modelDirectory"/>
+    /// into <paramref name="adapterDirectory"/>, as `granary lora` saves them, with B drawn from a seed so that they
+    /// change the model's answers (trained adapters start at B = 0, no change).
+    /// </summary>
+    public static void WriteAdapters(string modelDirectory, string adapterDirectory, int seed)
+    {
+        using var backend = ComputeBackends.Create("cpu", threads: 1);
+        using var loaded = ModelLoader.Load(modelDirectory, backend);
+        var options = new FineTuneOptions
+        {
+            Type = FineTuneType.Lora,
+            Seed = seed,
+            Lora = new LoraOptions { Rank = 4, Scale = 2f, Keys = ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj"] },
+        };
+        var model = TrainingModel.Create(loaded.Model, options);
+        var random = new Random(seed);
+        foreach (var linear in model.AdaptedLinears.Values.OrderBy(linear => linear.Name, StringComparer.Ordinal))
+        {
+            foreach (ref var b in linear.Lora!.B.Value.AsSpan())
+            {
+                b = ((random.NextSingle() * 2) - 1) * 0.2f;
+            }
+        }
+
+        AdapterFiles.Save(model, adapterDirectory, modelDirectory);
     }
 
     /// <summary>The prompt ids and greedy tokens Hugging Face transformers produced for the tiny Qwen3 reference model.</summary>

@@ -71,10 +71,7 @@ internal static class EngineOptions
         }
     }
 
-    /// <summary>
-    /// Merges LoRA adapters into a copy of the model in a temporary folder and returns it. The folder is removed
-    /// when the process exits; the loaded model keeps its memory-mapped files alive until then.
-    /// </summary>
+    /// <summary>Merges the adapters into a temporary copy of the model (removed when the process exits) and returns it.</summary>
     private static string FuseAdapters(string modelDirectory, string adapterDirectory, TextWriter progress)
     {
         if (!Directory.Exists(adapterDirectory))
@@ -82,11 +79,8 @@ internal static class EngineOptions
             throw new UsageException($"adapter directory '{adapterDirectory}' does not exist.");
         }
 
-        var fused = Path.Combine(Path.GetTempPath(), $"granary-fused-{Environment.ProcessId}-{Guid.NewGuid():N}");
         progress.WriteLine($"Merging adapters from {adapterDirectory} into {modelDirectory}...");
-        ModelFusion.Fuse(modelDirectory, adapterDirectory, fused);
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => Directory.Delete(fused, recursive: true);
-        return fused;
+        return AdaptedModels.FuseToTemporary(modelDirectory, adapterDirectory);
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Granary.Abstractions;
 using Granary.Client;
 using Granary.Gateway;
 using Microsoft.AspNetCore.Builder;
@@ -16,7 +17,7 @@ internal static class ServeCommand
 
     private static readonly string[] s_valueOptions =
     [
-        "--host", "--port", "--model", "--served-model", "--api-key", "--max-body-bytes", "--max-prompt-tokens", "--default-max-tokens",
+        "--host", "--port", "--model", "--adapter-path", "--served-model", "--served-adapter", "--api-key", "--max-body-bytes", "--max-prompt-tokens", "--default-max-tokens",
         .. ClusterConnection.ValueOptions,
     ];
 
@@ -76,16 +77,46 @@ internal static class ServeCommand
 
         foreach (var served in arguments.GetAll("--served-model"))
         {
-            var equals = served.IndexOf('=', StringComparison.Ordinal);
-            if (equals <= 0 || equals == served.Length - 1)
-            {
-                throw new UsageException($"--served-model takes NAME=MODEL, got '{served}'.");
-            }
+            var (name, model) = NameValue("--served-model", "NAME=MODEL", served);
+            options.Models[name] = model;
+        }
 
-            options.Models[served[..equals]] = served[(equals + 1)..];
+        if (arguments.Get("--adapter-path") is { } adapters)
+        {
+            // The default model's name is served with the adapters merged.
+            options.Models[options.DefaultModel] = WithAdapters(options.Models.TryGetValue(options.DefaultModel, out var model) ? model : options.DefaultModel, adapters);
+        }
+
+        foreach (var served in arguments.GetAll("--served-adapter"))
+        {
+            var (name, path) = NameValue("--served-adapter", "NAME=ADAPTER_FOLDER", served);
+            options.Models[name] = WithAdapters(options.Models.TryGetValue(name, out var model) ? model : name, path);
         }
 
         return options;
+    }
+
+    private static (string Name, string Value) NameValue(string option, string form, string given)
+    {
+        var equals = given.IndexOf('=', StringComparison.Ordinal);
+        if (equals <= 0 || equals == given.Length - 1)
+        {
+            throw new UsageException($"{option} takes {form}, got '{given}'.");
+        }
+
+        return (given[..equals], given[(equals + 1)..]);
+    }
+
+    private static string WithAdapters(string model, string adapters)
+    {
+        try
+        {
+            return ModelReferences.WithAdapters(model, adapters);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
     }
 
     /// <summary>The cluster connection from the same options `granary status` takes.</summary>
@@ -108,7 +139,8 @@ internal static class ServeCommand
 
     private static void PrintUsage()
     {
-        Console.Out.WriteLine("usage: granary serve [--host 127.0.0.1] [--port 8080] [--model builtin] [--served-model NAME=MODEL ...]");
+        Console.Out.WriteLine("usage: granary serve [--host 127.0.0.1] [--port 8080] [--model builtin] [--adapter-path ADAPTERS] [--served-model NAME=MODEL ...]");
+        Console.Out.WriteLine("                     [--served-adapter NAME=ADAPTERS ...] (MODEL and ADAPTERS as the silos see them; MODEL@adapters=ADAPTERS also works)");
         Console.Out.WriteLine("                     [--api-key KEY (or GRANARY_API_KEY)] [--max-body-bytes N] [--max-prompt-tokens N] [--default-max-tokens N]");
         Console.Out.WriteLine("                     [--gateway ADDRESS:PORT ...] [--membership localhost|postgres] [--connection CONN] [--cluster-id ID] [--service-id ID]");
     }

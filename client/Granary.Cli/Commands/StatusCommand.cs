@@ -80,9 +80,12 @@ internal static class ClusterConnection
     public const string ClusterFlag = "--cluster";
 
     /// <summary>Options that only mean something in this process; a cluster's silos choose these themselves.</summary>
-    private static readonly string[] LocalOnlyOptions = ["--backend", "--threads", "--adapter-path"];
+    private static readonly string[] LocalOnlyOptions = ["--backend", "--threads"];
 
-    /// <summary>The cluster's name for the model: --model as given (a folder under the silos' model directory, or a path on them), or the built-in model.</summary>
+    /// <summary>
+    /// The cluster's name for the model: --model as given (a folder under the silos' model directory, or a path on them),
+    /// or the built-in model; with --adapter-path (resolved on the silos the same way) the silos serve it with those adapters merged.
+    /// </summary>
     public static string ModelReference(CommandArguments arguments)
     {
         foreach (var option in LocalOnlyOptions)
@@ -98,7 +101,8 @@ internal static class ClusterConnection
             throw new UsageException("--pipeline does not apply with --cluster: the silos' coordinator settings choose the layout (Granary:Coordinator:Layout).");
         }
 
-        return arguments.Get("--model") ?? GranaryClient.BuiltInModel;
+        var model = arguments.Get("--model") ?? GranaryClient.BuiltInModel;
+        return arguments.Get("--adapter-path") is { } adapters ? ModelReferences.WithAdapters(model, adapters) : model;
     }
 
     /// <summary>Sampling options given on the command line; the rest are left to the model's generation_config.json on the silos.</summary>
