@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Xunit.Abstractions;
 using Granary.Testing;
 
@@ -15,21 +14,21 @@ public sealed class NetworkNamespaceTests(ITestOutputHelper log) : IDisposable
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(120);
 
     // Short unique names: interface names are limited to 15 characters.
-    private readonly string _prefix = $"gc{Environment.ProcessId % 100000}";
-    private readonly List<string> _namespaces = [];
-    private string Bridge => $"{_prefix}br";
+    private static readonly string Prefix = $"gc{Environment.ProcessId % 100000}";
+    private readonly NetworkNamespaces _hosts = new(Prefix, subnet: 231);
 
     [Fact]
     public void ConfigAndLaunchAcrossNamespacesWithAKilledRank()
     {
-        if (!CanCreateNamespaces(out var reason))
+        if (!NetworkNamespaces.CanCreate(out var reason))
         {
             log.WriteLine($"SKIPPED: network namespace test needs root and iproute2 ({reason}).");
             return;
         }
 
-        var hosts = CreateHosts(3);
-        var hostfile = Path.Combine(Path.GetTempPath(), $"{_prefix}-hosts.json");
+        _hosts.Create(3, reachableFromHost: false);
+        var hosts = _hosts.Names;
+        var hostfile = Path.Combine(Path.GetTempPath(), $"{Prefix}-hosts.json");
         try
         {
             var (exitCode, output, _) = GranaryCli.Run(Limit,
@@ -62,71 +61,5 @@ public sealed class NetworkNamespaceTests(ITestOutputHelper log) : IDisposable
         }
     }
 
-    public void Dispose()
-    {
-        foreach (var name in _namespaces)
-        {
-            Ip($"link del {name}v", check: false);
-            Ip($"netns del {name}", check: false);
-        }
-
-        Ip($"link del {Bridge}", check: false);
-    }
-
-    private List<string> CreateHosts(int count)
-    {
-        Ip($"link add {Bridge} type bridge");
-        Ip($"link set {Bridge} up");
-        for (var i = 0; i < count; i++)
-        {
-            var name = $"{_prefix}n{i}";
-            _namespaces.Add(name);
-            Ip($"netns add {name}");
-            Ip($"link add {name}v type veth peer name {name}p");
-            Ip($"link set {name}v master {Bridge}");
-            Ip($"link set {name}v up");
-            Ip($"link set {name}p netns {name}");
-            Ip($"-n {name} addr add 10.231.7.{i + 1}/24 dev {name}p");
-            Ip($"-n {name} link set {name}p up");
-            Ip($"-n {name} link set lo up");
-        }
-
-        return _namespaces;
-    }
-
-    private static bool CanCreateNamespaces(out string reason)
-    {
-        if (!OperatingSystem.IsLinux() || Environment.UserName != "root")
-        {
-            reason = "not running as root on Linux";
-            return false;
-        }
-
-        if (!File.Exists("/usr/sbin/ip") && !File.Exists("/sbin/ip") && !File.Exists("/usr/bin/ip"))
-        {
-            reason = "the ip command is missing";
-            return false;
-        }
-
-        reason = "";
-        return true;
-    }
-
-    private static void Ip(string arguments, bool check = true)
-    {
-        var info = new ProcessStartInfo("ip") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var word in arguments.Split(' '))
-        {
-            info.ArgumentList.Add(word);
-        }
-
-        using var process = Process.Start(info)!;
-        var error = process.StandardError.ReadToEnd();
-        process.StandardOutput.ReadToEnd();
-        Assert.True(process.WaitForExit(TimeSpan.FromSeconds(10)), $"ip {arguments} hung");
-        if (check && process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"ip {arguments} failed: {error}");
-        }
-    }
+    public void Dispose() => _hosts.Dispose();
 }
