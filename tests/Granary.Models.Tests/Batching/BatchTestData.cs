@@ -36,37 +36,6 @@ internal static class BatchTestData
     /// <summary>What <see cref="TextGenerator"/> streams for each request run alone.</summary>
     public static GeneratedToken[][] OneAtATime(CausalLanguageModel model, ITextTokenizer? tokenizer, IReadOnlyList<GenerationRequest> requests) =>
         [.. requests.Select(r => new TextGenerator(model, tokenizer, new HashSet<int>()).Generate(r).ToArray())];
-
-    public static int ArgMax(ReadOnlySpan<float> values)
-    {
-        var best = 0;
-        for (var i = 1; i < values.Length; i++)
-        {
-            if (values[i] > values[best])
-            {
-                best = i;
-            }
-        }
-
-        return best;
-    }
-
-    public static void AssertClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, float tolerance, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        var worst = 0f;
-        var at = 0;
-        for (var i = 0; i < expected.Length; i++)
-        {
-            var difference = Math.Abs(expected[i] - actual[i]);
-            if (!(difference <= worst))
-            {
-                (worst, at) = (difference, i);
-            }
-        }
-
-        Assert.True(worst < tolerance, $"{what}: max |difference| = {worst} at id {at} (expected {expected[at]}, got {actual[at]}).");
-    }
 }
 
 /// <summary>

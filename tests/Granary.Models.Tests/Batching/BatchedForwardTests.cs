@@ -40,11 +40,11 @@ public sealed class BatchedForwardTests
             model.ForwardBatch([.. first.Select((p, i) => new BatchedSequence(caches[i], p))], logits);
             for (var i = 0; i < first.Length; i++)
             {
-                BatchTestData.AssertClose(alone[i].Logits[0], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, prompt {i}");
+                LogitChecks.AssertClose(alone[i].Logits[0], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, prompt {i}");
             }
 
             // The reference prompt also matches transformers.
-            BatchTestData.AssertClose(reference.Logits[^1], logits.AsSpan(0, vocabulary), 1e-3f, $"{name} vs transformers");
+            LogitChecks.AssertClose(reference.Logits[^1], logits.AsSpan(0, vocabulary), 1e-3f, $"{name} vs transformers");
 
             // Step 2: all three decode while a fourth prompt prefills in the same pass.
             logits = new float[(first.Length + 1) * vocabulary];
@@ -52,17 +52,17 @@ public sealed class BatchedForwardTests
             model.ForwardBatch(step, logits);
             for (var i = 0; i < first.Length; i++)
             {
-                BatchTestData.AssertClose(alone[i].Logits[1], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, decode of {i}");
+                LogitChecks.AssertClose(alone[i].Logits[1], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, decode of {i}");
             }
 
-            BatchTestData.AssertClose(lateAlone.Logits[0], logits.AsSpan(first.Length * vocabulary, vocabulary), Tolerance, $"{name}, late prompt");
+            LogitChecks.AssertClose(lateAlone.Logits[0], logits.AsSpan(first.Length * vocabulary, vocabulary), Tolerance, $"{name}, late prompt");
 
             // Step 3: a sequence that needs no logits (a prompt chunk short of its end) leaves its row untouched.
             logits.AsSpan().Fill(float.NaN);
             model.ForwardBatch(
                 [new BatchedSequence(caches[0], new[] { alone[0].Tokens[1] }), new BatchedSequence(caches[1], new[] { alone[1].Tokens[1] }, NeedsLogits: false)],
                 logits.AsSpan(0, 2 * vocabulary));
-            BatchTestData.AssertClose(alone[0].Logits[2], logits.AsSpan(0, vocabulary), Tolerance, $"{name}, third step of 0");
+            LogitChecks.AssertClose(alone[0].Logits[2], logits.AsSpan(0, vocabulary), Tolerance, $"{name}, third step of 0");
             Assert.All(logits.AsSpan(vocabulary, vocabulary).ToArray(), value => Assert.True(float.IsNaN(value)));
             Assert.Equal(first[1].Length + 2, caches[1].Length);
         }
@@ -127,12 +127,12 @@ public sealed class BatchedForwardTests
         var tokens = new int[decodeSteps + 1];
         logits[0] = new float[model.Config.VocabularySize];
         model.Forward(prompt, cache, logits[0]);
-        tokens[0] = BatchTestData.ArgMax(logits[0]);
+        tokens[0] = LogitChecks.ArgMax(logits[0]);
         for (var step = 1; step <= decodeSteps; step++)
         {
             logits[step] = new float[model.Config.VocabularySize];
             model.Forward([tokens[step - 1]], cache, logits[step]);
-            tokens[step] = BatchTestData.ArgMax(logits[step]);
+            tokens[step] = LogitChecks.ArgMax(logits[step]);
         }
 
         return (logits, tokens);

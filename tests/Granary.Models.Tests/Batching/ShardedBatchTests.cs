@@ -61,7 +61,7 @@ public sealed class ShardedBatchTests
         {
             for (var i = 0; i < prompts.Length; i++)
             {
-                BatchTestData.AssertClose(
+                LogitChecks.AssertClose(
                     expectedLogits.AsSpan(i * vocabulary, vocabulary), logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, rank {rank}, prompt {i}");
             }
 

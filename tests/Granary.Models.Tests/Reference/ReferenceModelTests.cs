@@ -43,10 +43,10 @@ public sealed class ReferenceModelTests : IDisposable
         {
             if (reference.DecodeLogits is { } expected)
             {
-                AssertClose(expected[step], logits, $"decode step {step}");
+                LogitChecks.AssertClose(expected[step], logits, Tolerance, $"decode step {step}");
             }
 
-            tokens.Add(ArgMax(logits));
+            tokens.Add(LogitChecks.ArgMax(logits));
             if (step + 1 < reference.GreedyTokens.Length)
             {
                 model.Forward([tokens[^1]], cache, logits);
@@ -72,12 +72,12 @@ public sealed class ReferenceModelTests : IDisposable
         cache.Reset();
         var last = new float[vocabulary];
         model.Forward(reference.PromptIds, cache, last);
-        AssertClose(reference.Logits[^1], last, "chunked prompt, last position");
+        LogitChecks.AssertClose(reference.Logits[^1], last, Tolerance, "chunked prompt, last position");
 
         // Reusing a cached prefix: drop the tail and run it again.
         cache.Truncate(3);
         model.Forward(reference.PromptIds.AsSpan(3), cache, last);
-        AssertClose(reference.Logits[^1], last, "after truncating to 3 positions");
+        LogitChecks.AssertClose(reference.Logits[^1], last, Tolerance, "after truncating to 3 positions");
     }
 
     private static void AssertRowsClose(float[][] expected, float[] actual, int vocabulary, string what)
@@ -85,39 +85,7 @@ public sealed class ReferenceModelTests : IDisposable
         Assert.Equal(expected.Length * vocabulary, actual.Length);
         for (var row = 0; row < expected.Length; row++)
         {
-            AssertClose(expected[row], actual.AsSpan(row * vocabulary, vocabulary), $"{what}, position {row}");
+            LogitChecks.AssertClose(expected[row], actual.AsSpan(row * vocabulary, vocabulary), Tolerance, $"{what}, position {row}");
         }
-    }
-
-    private static void AssertClose(float[] expected, ReadOnlySpan<float> actual, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        var worst = 0f;
-        var at = 0;
-        for (var i = 0; i < expected.Length; i++)
-        {
-            var difference = Math.Abs(expected[i] - actual[i]);
-            if (!(difference <= worst))
-            {
-                worst = difference;
-                at = i;
-            }
-        }
-
-        Assert.True(worst < Tolerance, $"{what}: max |logit - reference| = {worst} at id {at} (expected {expected[at]}, got {actual[at]}).");
-    }
-
-    private static int ArgMax(ReadOnlySpan<float> values)
-    {
-        var best = 0;
-        for (var i = 1; i < values.Length; i++)
-        {
-            if (values[i] > values[best])
-            {
-                best = i;
-            }
-        }
-
-        return best;
     }
 }

@@ -64,8 +64,8 @@ public sealed class ShardedReferenceTests
             var where = $"{name}, stage {shard.PipelineStage}/{stages}, tensor rank {shard.TensorRank}/{tensorRanks}";
             for (var row = 0; row < reference.Logits.Length; row++)
             {
-                AssertClose(reference.Logits[row], logits.AsSpan(row * vocabulary, vocabulary), $"{where}, position {row} vs transformers");
-                AssertClose(singleLogits.AsSpan(row * vocabulary, vocabulary).ToArray(), logits.AsSpan(row * vocabulary, vocabulary), $"{where}, position {row} vs 1 rank");
+                LogitChecks.AssertClose(reference.Logits[row], logits.AsSpan(row * vocabulary, vocabulary), Tolerance, $"{where}, position {row} vs transformers");
+                LogitChecks.AssertClose(singleLogits.AsSpan(row * vocabulary, vocabulary), logits.AsSpan(row * vocabulary, vocabulary), Tolerance, $"{where}, position {row} vs 1 rank");
             }
 
             Assert.Equal(singleTokens, tokens);
@@ -133,7 +133,7 @@ public sealed class ShardedReferenceTests
         model.Forward(reference.PromptIds, cache, last);
         for (var step = 0; step < tokens.Length; step++)
         {
-            tokens[step] = ArgMax(last);
+            tokens[step] = LogitChecks.ArgMax(last);
             if (step + 1 < tokens.Length)
             {
                 model.Forward([tokens[step]], cache, last);
@@ -148,37 +148,5 @@ public sealed class ShardedReferenceTests
         using var backend = new CpuBackend(threads: 1);
         using var loaded = ModelLoader.Load(reference.Directory, backend);
         return Generate(loaded.Model, reference);
-    }
-
-    private static void AssertClose(float[] expected, ReadOnlySpan<float> actual, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        var worst = 0f;
-        var at = 0;
-        for (var i = 0; i < expected.Length; i++)
-        {
-            var difference = Math.Abs(expected[i] - actual[i]);
-            if (!(difference <= worst))
-            {
-                worst = difference;
-                at = i;
-            }
-        }
-
-        Assert.True(worst < Tolerance, $"{what}: max |difference| = {worst} at id {at} (expected {expected[at]}, got {actual[at]}).");
-    }
-
-    private static int ArgMax(ReadOnlySpan<float> values)
-    {
-        var best = 0;
-        for (var i = 1; i < values.Length; i++)
-        {
-            if (values[i] > values[best])
-            {
-                best = i;
-            }
-        }
-
-        return best;
     }
 }
