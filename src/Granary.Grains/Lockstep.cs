@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text;
 using Granary.Abstractions;
 using Granary.Collectives;
 using Granary.Models;
@@ -110,7 +109,7 @@ internal static class Lockstep
         var endOfSequence = loaded.Tokenizer?.EndOfSequenceIds ?? new HashSet<int>();
         var sampler = new Sampler(engineRequest.Sampling, model.Config.VocabularySize);
         var decoder = loaded.Tokenizer?.CreateStreamingDecoder();
-        var stops = new StopText(engineRequest.StopStrings);
+        var stops = new StopStringMatcher(engineRequest.StopStrings);
         var logits = new float[model.Config.VocabularySize];
         using var cache = model.CreateCache(capacity);
         var clock = Stopwatch.StartNew();
@@ -217,50 +216,5 @@ internal static class Lockstep
         command[2] = capacity;
         command[3] = token;
         world.Broadcast<int>(command, root: 0);
-    }
-
-    /// <summary>Holds back streamed text that could still become a stop string, so a client never sees part of one.</summary>
-    private sealed class StopText(IReadOnlyList<string> stopStrings)
-    {
-        private readonly StringBuilder _pending = new();
-
-        public bool Stopped { get; private set; }
-
-        public string Push(string text)
-        {
-            if (Stopped || text.Length == 0)
-            {
-                return "";
-            }
-
-            if (stopStrings.Count == 0)
-            {
-                return text;
-            }
-
-            var pending = _pending.Append(text).ToString();
-            var stopAt = stopStrings.Select(stop => pending.IndexOf(stop, StringComparison.Ordinal)).Where(index => index >= 0).DefaultIfEmpty(-1).Min();
-            if (stopAt >= 0)
-            {
-                Stopped = true;
-                _pending.Clear();
-                return pending[..stopAt];
-            }
-
-            // Keep the longest tail that is the start of some stop string.
-            var keep = stopStrings
-                .Select(stop => Enumerable.Range(1, Math.Min(stop.Length - 1, pending.Length)).Reverse()
-                    .FirstOrDefault(n => pending.AsSpan(pending.Length - n).SequenceEqual(stop.AsSpan(0, n))))
-                .Max();
-            _pending.Remove(0, pending.Length - keep);
-            return pending[..^keep];
-        }
-
-        public string Flush()
-        {
-            var rest = _pending.ToString();
-            _pending.Clear();
-            return rest;
-        }
     }
 }

@@ -5,7 +5,7 @@ namespace Granary.Models.Generation;
 /// <summary>
 /// Holds back streamed text that could still become a stop string, so a client never sees part of one.
 /// </summary>
-internal sealed class StopStringMatcher(IReadOnlyList<string> stopStrings)
+public sealed class StopStringMatcher(IReadOnlyList<string> stopStrings)
 {
     private readonly StringBuilder _pending = new();
 
