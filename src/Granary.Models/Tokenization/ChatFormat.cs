@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
 
@@ -36,7 +37,8 @@ internal abstract partial class ChatFormat
     protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool enableThinking, StringBuilder text);
 
     /// <summary>Recognises the template's format; returns null and the reason when it is not one this runtime renders.</summary>
-    public static ChatFormat? Detect(string template, string? beginningOfTextToken, out string unsupportedReason)
+    /// <param name="clock">Today's date for templates that put it in the prompt from the clock, as transformers' strftime_now does.</param>
+    public static ChatFormat? Detect(string template, string? beginningOfTextToken, TimeProvider clock, out string unsupportedReason)
     {
         unsupportedReason = "";
         if (template.Contains("<|im_start|>", StringComparison.Ordinal))
@@ -60,8 +62,7 @@ internal abstract partial class ChatFormat
         {
             if (template.Contains("Cutting Knowledge Date", StringComparison.Ordinal))
             {
-                unsupportedReason = "its Llama-3.1-style template (dated system block, tools) is not rendered by this runtime";
-                return null;
+                return DatedLlama3ChatFormat.FromTemplate(template, beginningOfTextToken, clock, out unsupportedReason);
             }
 
             return new Llama3ChatFormat(
@@ -76,6 +77,27 @@ internal abstract partial class ChatFormat
     /// <summary>A system turn written out literally in the template, which Qwen2-style templates emit when the conversation has none.</summary>
     [GeneratedRegex(@"<\|im_start\|>system\\n(?<prompt>[^'""+\\]*(?:\\n[^'""+\\]*)*)<\|im_end\|>")]
     private static partial Regex DefaultSystemPromptPattern();
+
+    /// <summary>Jinja's trim is Python's str.strip(), whose white space also includes U+001C..U+001F.</summary>
+    protected static ReadOnlySpan<char> PythonStrip(string value)
+    {
+        var span = value.AsSpan();
+        var start = 0;
+        while (start < span.Length && IsPythonWhiteSpace(span[start]))
+        {
+            start++;
+        }
+
+        var end = span.Length;
+        while (end > start && IsPythonWhiteSpace(span[end - 1]))
+        {
+            end--;
+        }
+
+        return span[start..end];
+    }
+
+    private static bool IsPythonWhiteSpace(char c) => char.IsWhiteSpace(c) || c is >= '\u001C' and <= '\u001F';
 }
 
 /// <summary>ChatML (Qwen2/Qwen2.5): "&lt;|im_start|&gt;role\ncontent&lt;|im_end|&gt;\n" per turn, with the template's default system turn if it has one.</summary>
@@ -203,25 +225,136 @@ internal sealed class Llama3ChatFormat(string beginningOfText, bool generationPr
             text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
         }
     }
+}
 
-    /// <summary>Jinja's trim is Python's str.strip(), whose white space also includes U+001C..U+001F.</summary>
-    private static ReadOnlySpan<char> PythonStrip(string value)
+/// <summary>
+/// Llama-3.1/3.2/3.3: a system turn always comes first and carries the knowledge cut-off and today's date ahead of the
+/// conversation's own system prompt. The template's tool-calling branches are never taken: no tools are passed and
+/// tool roles are refused before rendering.
+/// </summary>
+internal sealed partial class DatedLlama3ChatFormat : ChatFormat
+{
+    /// <summary>strftime's "%d %b %Y" in the C locale, the only clock format Meta's templates use.</summary>
+    private const string ClockDateFormat = "dd MMM yyyy";
+
+    private readonly string _beginningOfText;
+    private readonly string _knowledgeCutoff;
+    private readonly Func<string> _today;
+    private readonly bool _trimsContent;
+
+    private DatedLlama3ChatFormat(string beginningOfText, string knowledgeCutoff, Func<string> today, bool trimsContent)
     {
-        var span = value.AsSpan();
-        var start = 0;
-        while (start < span.Length && IsPythonWhiteSpace(span[start]))
-        {
-            start++;
-        }
-
-        var end = span.Length;
-        while (end > start && IsPythonWhiteSpace(span[end - 1]))
-        {
-            end--;
-        }
-
-        return span[start..end];
+        _beginningOfText = beginningOfText;
+        _knowledgeCutoff = knowledgeCutoff;
+        _today = today;
+        _trimsContent = trimsContent;
     }
 
-    private static bool IsPythonWhiteSpace(char c) => char.IsWhiteSpace(c) || c is >= '\u001C' and <= '\u001F';
+    public override string EndOfTurnToken => "<|eot_id|>";
+
+    /// <summary>
+    /// Reads the pieces that vary between the family's templates (cut-off, date source, trimming); returns null and the
+    /// reason when a piece is missing or takes a form whose output this class would not reproduce exactly.
+    /// </summary>
+    public static DatedLlama3ChatFormat? FromTemplate(string template, string? beginningOfTextToken, TimeProvider clock, out string unsupportedReason)
+    {
+        unsupportedReason = "";
+        if (template.Contains("<|image|>", StringComparison.Ordinal))
+        {
+            unsupportedReason = "its Llama-3.2-Vision template (image turns, a dated system block only with a system message) is not rendered by this runtime";
+            return null;
+        }
+
+        var knowledgeCutoff = KnowledgeCutoffPattern().Match(template);
+        var defaultDate = DefaultDatePattern().Match(template);
+        var systemPrompt = SystemPromptPattern().Match(template);
+        var turn = TurnContentPattern().Match(template);
+        if (!knowledgeCutoff.Success || !defaultDate.Success || !systemPrompt.Success || !turn.Success || !TodayDatePattern().IsMatch(template))
+        {
+            unsupportedReason = "its Llama-3.1-style template writes its knowledge cut-off, date, system prompt or turns in a form this runtime does not render";
+            return null;
+        }
+
+        // Meta's templates trim both, Unsloth's rewrite neither; a mix is a variant of its own.
+        var trimsContent = systemPrompt.Groups["trim"].Success;
+        if (turn.Groups["trim"].Success != trimsContent)
+        {
+            unsupportedReason = "its Llama-3.1-style template trims the system prompt or the turns but not both";
+            return null;
+        }
+
+        // transformers defines strftime_now, so a template that asks for it gets today's local date rather than its literal default.
+        Func<string> today;
+        if (template.Contains("strftime_now", StringComparison.Ordinal))
+        {
+            if (!ClockDatePattern().IsMatch(template))
+            {
+                unsupportedReason = "its Llama-3.1-style template formats today's date with a strftime_now format other than \"%d %b %Y\"";
+                return null;
+            }
+
+            today = () => clock.GetLocalNow().ToString(ClockDateFormat, CultureInfo.InvariantCulture);
+        }
+        else
+        {
+            var date = defaultDate.Groups["date"].Value;
+            today = () => date;
+        }
+
+        return new DatedLlama3ChatFormat(
+            template.Contains("bos_token", StringComparison.Ordinal) ? beginningOfTextToken ?? "" : "",
+            knowledgeCutoff.Groups["cutoff"].Value,
+            today,
+            trimsContent);
+    }
+
+    protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, bool enableThinking, StringBuilder text)
+    {
+        // A leading system message leaves the turns and goes into the dated system block; a later one stays a turn.
+        var hasSystemPrompt = messages[0].Role == "system";
+        text.Append(_beginningOfText)
+            .Append("<|start_header_id|>system<|end_header_id|>\n\n")
+            .Append("Cutting Knowledge Date: ").Append(_knowledgeCutoff).Append('\n')
+            .Append("Today Date: ").Append(_today()).Append("\n\n");
+        if (hasSystemPrompt)
+        {
+            text.Append(Content(messages[0]));
+        }
+
+        text.Append("<|eot_id|>");
+        for (var i = hasSystemPrompt ? 1 : 0; i < messages.Count; i++)
+        {
+            text.Append("<|start_header_id|>").Append(messages[i].Role).Append("<|end_header_id|>\n\n")
+                .Append(Content(messages[i])).Append("<|eot_id|>");
+        }
+
+        if (addGenerationPrompt)
+        {
+            text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        }
+    }
+
+    private ReadOnlySpan<char> Content(ChatMessage message) => _trimsContent ? PythonStrip(message.Content) : message.Content;
+
+    /// <summary>The cut-off inside the template's string literal, up to its closing quote or its "\n" (escaped or not).</summary>
+    [GeneratedRegex(@"Cutting Knowledge Date: (?<cutoff>[^""'\\\r\n]+)")]
+    private static partial Regex KnowledgeCutoffPattern();
+
+    [GeneratedRegex(@"(?<quote>[""'])Today Date: \k<quote>\s*\+\s*date_string\b")]
+    private static partial Regex TodayDatePattern();
+
+    /// <summary>The literal date used when the caller passes no date_string and no clock is asked for.</summary>
+    [GeneratedRegex(@"set\s+date_string\s*=\s*(?<quote>[""'])(?<date>[^""'\\]*)\k<quote>")]
+    private static partial Regex DefaultDatePattern();
+
+    [GeneratedRegex(@"set\s+date_string\s*=\s*strftime_now\(\s*(?<quote>[""'])%d %b %Y\k<quote>\s*\)")]
+    private static partial Regex ClockDatePattern();
+
+    /// <summary>The leading system message taken as it is or trimmed, and nothing else done to it.</summary>
+    [GeneratedRegex(@"set\s+system_message\s*=\s*messages\[0\]\[(?<quote>[""'])content\k<quote>\](?<trim>\s*\|\s*trim)?\s*-?%\}")]
+    private static partial Regex SystemPromptPattern();
+
+    /// <summary>A plain turn's content, as it is or trimmed, followed directly by the end-of-turn token.</summary>
+    [GeneratedRegex(@"message\[(?<quote>[""'])content\k<quote>\](?<trim>\s*\|\s*trim)?\s*\+\s*(?<eot>[""'])<\|eot_id\|>\k<eot>")]
+    private static partial Regex TurnContentPattern();
 }

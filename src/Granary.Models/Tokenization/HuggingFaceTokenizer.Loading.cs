@@ -63,9 +63,15 @@ public sealed partial class HuggingFaceTokenizer
     /// </summary>
     /// <exception cref="FileNotFoundException">The folder has no tokenizer.json.</exception>
     /// <exception cref="ModelLoadException">A file is malformed or describes a tokenizer this runtime does not support.</exception>
-    public static HuggingFaceTokenizer Load(string modelDirectory)
+    public static HuggingFaceTokenizer Load(string modelDirectory) => Load(modelDirectory, TimeProvider.System);
+
+    /// <inheritdoc cref="Load(string)"/>
+    /// <param name="modelDirectory">The model folder.</param>
+    /// <param name="clock">Gives today's date to chat templates that write it into the prompt from the clock (Llama-3.2's).</param>
+    internal static HuggingFaceTokenizer Load(string modelDirectory, TimeProvider clock)
     {
         ArgumentNullException.ThrowIfNull(modelDirectory);
+        ArgumentNullException.ThrowIfNull(clock);
         var tokenizerPath = Path.Combine(modelDirectory, "tokenizer.json");
         if (!File.Exists(tokenizerPath))
         {
@@ -123,7 +129,7 @@ public sealed partial class HuggingFaceTokenizer
         var chatFormatUnavailableReason = $"No chat template: '{configPath}' is missing or has no chat_template.";
         if (template is not null)
         {
-            chatFormat = ChatFormat.Detect(template, beginningOfText, out var reason);
+            chatFormat = ChatFormat.Detect(template, beginningOfText, clock, out var reason);
             chatFormatUnavailableReason = $"The chat template in '{templateSource}' is not supported: {reason}.";
         }
 
