@@ -33,11 +33,11 @@ public interface IShardGrain : IGrainWithStringKey
     Task<ShardStatus> LoadInGroupAsync(ShardAssignment assignment, ShardGroup group, CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// Starts this shard's part of one generation of a split model, which the plan's leader drives over the data
-    /// plane (it broadcasts every step's token ids); returns once started. The part ends when the leader ends the
-    /// generation, or with the group when a peer fails.
+    /// Third step, once every shard of a split plan has loaded: the leader (world rank 0) starts the plan's batching
+    /// engine and every other shard starts following it over the data plane (each batched step's cache changes and
+    /// token ids), until the leader is unloaded or the group fails. Returns once started; calling it again does nothing.
     /// </summary>
-    Task FollowAsync(string jobId, int planVersion);
+    Task StartServingAsync(int planVersion);
 
     /// <summary>Turns a prompt into token ids with the model's tokenizer and chat format.</summary>
     Task<int[]> EncodePromptAsync(Prompt prompt);

@@ -17,7 +17,10 @@ public sealed record ShardStatus(
     [property: Id(4)] TimeSpan LoadTime,
     [property: Id(5)] BatchState? Batching = null);
 
-/// <summary>The continuous batch of a whole-model shard: its size now, its queue, and prompt-cache counters since load.</summary>
+/// <summary>
+/// The continuous batch of a shard that runs one (a whole model, or the leader of a split one): its size now, its
+/// queue, and counters since load; generated tokens over steps is the mean batch size.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("granary.BatchState")]
 public sealed record BatchState(
     [property: Id(0)] int RunningSequences,
@@ -25,7 +28,9 @@ public sealed record BatchState(
     [property: Id(2)] int LastBatchSize,
     [property: Id(3)] long PromptCacheHits,
     [property: Id(4)] long PromptCacheMisses,
-    [property: Id(5)] long PromptCacheHitTokens);
+    [property: Id(5)] long PromptCacheHitTokens,
+    [property: Id(6)] long Steps,
+    [property: Id(7)] long GeneratedTokens);
 
 /// <summary>A generation running (or waiting for its shard) on a silo.</summary>
 [GenerateSerializer, Immutable, Alias("granary.WorkItem")]

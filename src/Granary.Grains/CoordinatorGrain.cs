@@ -29,7 +29,6 @@ internal sealed partial class CoordinatorGrain(
     ILogger<CoordinatorGrain> logger) : Grain, ICoordinatorGrain
 {
     private readonly SemaphoreSlim _planning = new(1, 1);
-    private readonly SemaphoreSlim _splitGeneration = new(1, 1);
     private readonly CoordinatorOptions _options = options.Value;
     private ModelPlan? _plan;
     private int _lastVersion;
@@ -61,44 +60,21 @@ internal sealed partial class CoordinatorGrain(
         {
             var leader = GrainFactory.GetGrain<IShardGrain>(plan.Leader.Shard.ToGrainKey());
             Exception? failure = null;
-            var split = plan.ShardCount > 1;
             var chunks = Channel.CreateUnbounded<TokenChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
             using var stopLeader = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             Task? pump = null;
-            if (split)
-            {
-                // One generation at a time drives a split model, so that every follower started runs the leader's next one.
-                await _splitGeneration.WaitAsync(cancellationToken);
-            }
-
             try
             {
                 try
                 {
                     promptIds ??= await leader.EncodePromptAsync(job.Prompt);
-                    if (split)
-                    {
-                        await Task.WhenAll(plan.Shards.Skip(1).Select(shard =>
-                            GrainFactory.GetGrain<IShardGrain>(shard.Shard.ToGrainKey()).FollowAsync(job.JobId, plan.Version)
-                                .WaitAsync(_options.ProbeTimeout, cancellationToken)));
-                    }
-
                     var stream = leader.GenerateAsync(new ShardGenerationRequest(job, promptIds, [.. produced]), stopLeader.Token)
                         .GetAsyncEnumerator(stopLeader.Token);
-                    // The leader's stream is read to its end even when this caller goes away without a word (a client
-                    // whose gateway died): the next generation of a split model then waits for the leader, not for it.
-                    pump = PumpAsync(stream, chunks.Writer, split ? _splitGeneration : null);
+                    pump = PumpAsync(stream, chunks.Writer);
                 }
                 catch (Exception e) when (IsShardFailure(e, cancellationToken))
                 {
                     failure = e;
-                }
-                finally
-                {
-                    if (split && pump is null)
-                    {
-                        _splitGeneration.Release();
-                    }
                 }
 
                 while (pump is not null && failure is null)
@@ -368,7 +344,8 @@ internal sealed partial class CoordinatorGrain(
     /// <summary>
     /// Every shard binds its data-plane listener and reports the endpoint; every shard then gets the whole peer table
     /// of this plan version, forms the group and loads its part. A shard that fails makes the others fail to form the
-    /// group within <see cref="CoordinatorOptions.GroupFormationTimeout"/>; what did load is released again.
+    /// group within <see cref="CoordinatorOptions.GroupFormationTimeout"/>; what did load is released again. Once all
+    /// have loaded, the leader starts its batching engine and the others follow it.
     /// </summary>
     private async Task<ModelPlan> LoadSplitAsync(ModelPlan plan, CancellationToken cancellationToken)
     {
@@ -380,6 +357,10 @@ internal sealed partial class CoordinatorGrain(
             plan = plan with { Group = group };
             await Task.WhenAll(plan.Shards.Select(shard =>
                 GrainFactory.GetGrain<IShardGrain>(shard.Shard.ToGrainKey()).LoadInGroupAsync(shard, group, cancellationToken)));
+
+            // Only now that every shard holds its weights: the followers then wait on a leader that serves at once.
+            await Task.WhenAll(plan.Shards.Select(shard =>
+                GrainFactory.GetGrain<IShardGrain>(shard.Shard.ToGrainKey()).StartServingAsync(plan.Version).WaitAsync(_options.ProbeTimeout, cancellationToken)));
             return plan;
         }
         catch
@@ -434,7 +415,7 @@ internal sealed partial class CoordinatorGrain(
             or EnumerationAbortedException or ShardNotLoadedException or SiloNotInClusterException or TimeoutException
             or ShardGroupException;
 
-    private static async Task PumpAsync(IAsyncEnumerator<TokenChunk> stream, ChannelWriter<TokenChunk> writer, SemaphoreSlim? generationSlot)
+    private static async Task PumpAsync(IAsyncEnumerator<TokenChunk> stream, ChannelWriter<TokenChunk> writer)
     {
         try
         {
@@ -451,14 +432,7 @@ internal sealed partial class CoordinatorGrain(
         }
         finally
         {
-            try
-            {
-                await DisposeQuietlyAsync(stream);
-            }
-            finally
-            {
-                generationSlot?.Release();
-            }
+            await DisposeQuietlyAsync(stream);
         }
     }
 

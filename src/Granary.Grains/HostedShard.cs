@@ -10,21 +10,23 @@ using FinishReason = Granary.Abstractions.FinishReason;
 namespace Granary.Grains;
 
 /// <summary>
-/// A shard's loaded weights in the model host, and the generations that run on them. Generations of a whole model
-/// share one continuous-batching engine; those of a split model run one at a time in lock step with the plan's other
-/// shards. A shard of a split model also holds its plan's data-plane group; once that group fails the shard is useless
-/// and must be loaded again.
+/// A shard's loaded weights in the model host, and the generations that run on them. Generations share one
+/// continuous-batching engine: a whole model's, or for a split model the one on its plan's leader (world rank 0),
+/// whose every batched step the plan's other shards follow over the data plane. A shard of a split model also holds
+/// its plan's data-plane group; once that group fails the shard is useless and must be loaded again.
 /// </summary>
 public sealed class HostedShard
 {
-    // Split models: one generation at a time. Whole models: many readers (generations in the batch), and Release
-    // takes the write side so the weights outlive every generation using them.
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    // Many readers (generations in the batch); Release takes the write side so the weights outlive every generation.
     private readonly ReaderWriterLockSlim _inUse = new();
-    private readonly BatchingEngine? _engine;
+    private readonly Lock _starting = new();
+    private readonly BatchingOptions? _batching;
     private readonly long _weightBytes;
     private readonly ShardGroups? _groups;
-    private bool _released;
+    private volatile BatchingEngine? _engine;
+    private Thread? _follower;
+    private volatile bool _released;
+    private bool _freed;
     private volatile string? _groupFailure;
 
     internal HostedShard(
@@ -35,6 +37,7 @@ public sealed class HostedShard
         LoadedAt = loadedAt;
         LoadTime = loadTime;
         _groups = groups;
+        _batching = batching;
         _engine = groups is null ? BatchingEngine.Create(model, batching) : null;
         _weightBytes = groups is null
             ? Directory.EnumerateFiles(model.Directory, "*.safetensors").Sum(path => new FileInfo(path).Length)
@@ -63,7 +66,8 @@ public sealed class HostedShard
         LoadedAt,
         LoadTime,
         _engine?.Snapshot() is { } batch
-            ? new BatchState(batch.RunningSequences, batch.QueuedRequests, batch.LastBatchSize, batch.PromptCacheHits, batch.PromptCacheMisses, batch.PromptCacheHitTokens)
+            ? new BatchState(
+                batch.RunningSequences, batch.QueuedRequests, batch.LastBatchSize, batch.PromptCacheHits, batch.PromptCacheMisses, batch.PromptCacheHitTokens, batch.Steps, batch.GeneratedTokens)
             : null);
 
     /// <summary>Whether the weights held serve <paramref name="assignment"/> (same layers and tensor split).</summary>
@@ -118,26 +122,13 @@ public sealed class HostedShard
     /// </summary>
     internal void Generate(ShardGenerationRequest request, RunningWork work, Action<TokenChunk> emit, CancellationToken cancellationToken)
     {
-        if (_groups is { } groups)
-        {
-            _gate.Wait(cancellationToken);
-            try
-            {
-                ThrowIfReleased();
-                RunInGroup(() => Lockstep.Lead(Model, groups.World, request, Sampling(request.Job.Sampling, Model.Generation), work, emit, cancellationToken));
-            }
-            finally
-            {
-                _gate.Release();
-            }
-
-            return;
-        }
-
         _inUse.EnterReadLock();
         try
         {
             ThrowIfReleased();
+            ThrowIfGroupFailed();
+            var engine = _engine ?? throw new ShardNotLoadedException(
+                $"{Assignment.Shard.ToGrainKey()} (plan {Assignment.PlanVersion}: {(_groups?.World.Rank > 0 ? "a follower, not the leader" : "not started")})");
             var job = request.Job;
             var engineRequest = new GenerationRequest
             {
@@ -148,7 +139,7 @@ public sealed class HostedShard
                 StopAtEndOfSequence = job.StopAtEndOfSequence,
             };
             var statistics = new GenerationStatistics();
-            foreach (var token in _engine!.GenerateAsync(engineRequest, statistics, cancellationToken).ToBlockingEnumerable(cancellationToken))
+            foreach (var token in engine.GenerateAsync(engineRequest, statistics, cancellationToken).ToBlockingEnumerable(cancellationToken))
             {
                 if (token.HasToken)
                 {
@@ -166,10 +157,78 @@ public sealed class HostedShard
                 statistics.FinishReason == Models.Generation.FinishReason.Stop ? FinishReason.Stop : FinishReason.Length,
                 0)));
         }
+        catch (Exception e) when (_groups is not null && (e is CollectiveException || e.InnerException is CollectiveException))
+        {
+            // The engine reports a failed group on the requests it was running and refuses later ones with it.
+            throw FailGroup((e as CollectiveException ?? e.InnerException)!.Message);
+        }
         finally
         {
             _inUse.ExitReadLock();
         }
+    }
+
+    /// <summary>
+    /// Starts serving a split model once every shard of its plan has loaded (before that, the followers would wait on
+    /// a leader still loading, and time out): world rank 0 starts the batching engine, the others follow it on a
+    /// thread of their own. <paramref name="followerFailed"/> hears why a follower stopped early. Idempotent.
+    /// </summary>
+    internal void StartServing(Action<Exception> followerFailed)
+    {
+        var groups = _groups ?? throw new InvalidOperationException($"Shard {Assignment.Shard} holds a whole model, which serves from the time it loads.");
+        lock (_starting)
+        {
+            ThrowIfReleased();
+            ThrowIfGroupFailed();
+            if (_engine is not null || _follower is not null)
+            {
+                return;
+            }
+
+            if (groups.World.Rank == 0)
+            {
+                // Pulses well within the group's timeout keep idle followers waiting.
+                _engine = BatchingEngine.CreateLockstepLeader(Model, groups.World, groups.Setup.Timeout / 4, _batching);
+                return;
+            }
+
+            _follower = new Thread(() => Follow(groups, followerFailed)) { IsBackground = true, Name = $"follower of {Assignment.Shard}" };
+            _follower.Start();
+        }
+    }
+
+    private void Follow(ShardGroups groups, Action<Exception> followerFailed)
+    {
+        try
+        {
+            LockstepFollower.Follow(Model.Model, groups.World);
+        }
+        catch (Exception e) when (!_released)
+        {
+            FailGroup(e.Message);
+            followerFailed(e);
+        }
+        catch (Exception) when (_released)
+        {
+            // Unloading closed the group under the follower.
+        }
+    }
+
+    private void ThrowIfGroupFailed()
+    {
+        if (_groupFailure is { } failure)
+        {
+            throw new ShardGroupException(Assignment.Shard.ToGrainKey(), failure);
+        }
+    }
+
+    /// <summary>A failed group fails this shard for good (as a serializable error the coordinator understands).</summary>
+    private ShardGroupException FailGroup(string reason)
+    {
+        _groupFailure ??= $"The data-plane group of shard {Assignment.Shard} (plan {Assignment.PlanVersion}) failed: {reason}";
+        // Closing the group's connections tells peers still blocked on this shard at once.
+        _groups!.Break();
+        return new ShardGroupException(Assignment.Shard.ToGrainKey(), _groupFailure);
     }
 
     private void ThrowIfReleased()
@@ -181,56 +240,23 @@ public sealed class HostedShard
         }
     }
 
-    /// <summary>
-    /// A follower's part of one generation of a split model: runs the forward passes the leader broadcasts until it
-    /// ends the generation. Generations on a shard run one at a time, in the order the leader runs them.
-    /// </summary>
-    internal void Follow(RunningWork work)
-    {
-        var groups = _groups ?? throw new InvalidOperationException($"Shard {Assignment.Shard} holds a whole model; only shards of a split model follow a leader.");
-        _gate.Wait();
-        try
-        {
-            ThrowIfReleased();
-            RunInGroup(() => Lockstep.Follow(Model.Model, groups.World, work));
-        }
-        finally
-        {
-            _gate.Release();
-        }
-    }
-
-    /// <summary>Runs collective work; a failed group fails this shard for good (as a serializable error the coordinator understands).</summary>
-    private void RunInGroup(Action work)
-    {
-        if (_groupFailure is { } failure)
-        {
-            throw new ShardGroupException(Assignment.Shard.ToGrainKey(), failure);
-        }
-
-        try
-        {
-            work();
-        }
-        catch (CollectiveException e)
-        {
-            _groupFailure = $"The data-plane group of shard {Assignment.Shard} (plan {Assignment.PlanVersion}) failed: {e.Message}";
-            // Closing the group's connections tells peers still blocked on this shard at once.
-            _groups!.Break();
-            throw new ShardGroupException(Assignment.Shard.ToGrainKey(), _groupFailure);
-        }
-    }
-
     /// <summary>Frees the weights (and the data-plane group) once no generation is using them.</summary>
     internal void Release()
     {
-        _gate.Wait();
+        _released = true;
+        if (_follower is { } follower)
+        {
+            // A follower waits on its leader; closing the group ends the wait at once.
+            _groups!.Break();
+            follower.Join();
+        }
+
         _inUse.EnterWriteLock();
         try
         {
-            if (!_released)
+            if (!_freed)
             {
-                _released = true;
+                _freed = true;
                 _engine?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 Model.Dispose();
                 _groups?.Dispose();
@@ -239,7 +265,6 @@ public sealed class HostedShard
         finally
         {
             _inUse.ExitWriteLock();
-            _gate.Release();
         }
     }
 

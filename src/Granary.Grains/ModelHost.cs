@@ -357,7 +357,7 @@ public sealed partial class ModelHost : IDisposable
             var loaded = ShardedModelLoader.ShardedLoad(
                 directory, _backend.Value, pipeline, tensor, layers: new ShardRange(assignment.FirstLayer, assignment.LayerCount));
             Interlocked.Increment(ref _loads);
-            var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed, groups);
+            var shard = new HostedShard(assignment, loaded, DateTimeOffset.UtcNow, clock.Elapsed, groups, _options.Batching);
             LogLoaded(_logger, key, shard.WeightBytes, clock.Elapsed.TotalSeconds);
             return shard;
         }

@@ -36,7 +36,7 @@ internal sealed partial class ShardGrain(ModelHost host, ILocalSiloDetails local
         return shard.ToStatus();
     }
 
-    public Task FollowAsync(string jobId, int planVersion)
+    public Task StartServingAsync(int planVersion)
     {
         var shard = Hosted();
         if (shard.Group is null || shard.Assignment.PlanVersion != planVersion)
@@ -44,27 +44,7 @@ internal sealed partial class ShardGrain(ModelHost host, ILocalSiloDetails local
             throw new ShardNotLoadedException($"{Id.ToGrainKey()} (plan {planVersion})");
         }
 
-        var work = host.BeginWork(jobId, Id.Model, 0);
-        // The engine computes synchronously; it gets its own thread, and its end is the leader's to decide.
-        _ = Task.Factory.StartNew(
-            () =>
-            {
-                try
-                {
-                    shard.Follow(work);
-                }
-                catch (Exception e)
-                {
-                    LogFollowFailed(logger, jobId, Id.ToGrainKey(), e.Message);
-                }
-                finally
-                {
-                    work.Dispose();
-                }
-            },
-            CancellationToken.None,
-            TaskCreationOptions.LongRunning,
-            TaskScheduler.Default);
+        shard.StartServing(error => LogFollowFailed(logger, Id.ToGrainKey(), planVersion, error.Message));
         return Task.CompletedTask;
     }
 
@@ -130,6 +110,6 @@ internal sealed partial class ShardGrain(ModelHost host, ILocalSiloDetails local
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Generation {JobId} ended on follower shard {Shard}: {Reason}")]
-    private static partial void LogFollowFailed(ILogger logger, string jobId, string shard, string reason);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Follower shard {Shard} of plan {PlanVersion} stopped: {Reason}")]
+    private static partial void LogFollowFailed(ILogger logger, string shard, int planVersion, string reason);
 }

@@ -84,8 +84,9 @@ public sealed class TensorParallelTests(TensorCluster fixture) : IClassFixture<T
 
             var expected = TinyModel.GenerateInProcess(TinyModel.PromptIds, 20);
             Assert.Equal(expected, await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 20));
-            // The group stays usable across generations: the followers end each one with the leader.
+            // The group stays usable across generations, and concurrent ones move through both shards as one batch.
             Assert.Equal(expected[..8], await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 8));
+            await SplitRuns.AssertConcurrentGenerationsShareStepsAsync(coordinator, plan, fixture.ModelHostOf);
         }
         finally
         {
@@ -111,6 +112,7 @@ public sealed class PipelineParallelTests(PipelineCluster fixture) : IClassFixtu
             Assert.NotEqual(plan.Stages[0].TensorGroup[0].Shard.SiloName, plan.Stages[1].TensorGroup[0].Shard.SiloName);
 
             Assert.Equal(TinyModel.GenerateInProcess(TinyModel.PromptIds, 20), await SplitRuns.GenerateAsync(coordinator, TinyModel.PromptIds, 20));
+            await SplitRuns.AssertConcurrentGenerationsShareStepsAsync(coordinator, plan, fixture.ModelHostOf);
         }
         finally
         {
@@ -121,6 +123,28 @@ public sealed class PipelineParallelTests(PipelineCluster fixture) : IClassFixtu
 
 internal static class SplitRuns
 {
+    /// <summary>
+    /// Four generations of different prompts and lengths at once: each streams the single-process tokens, and the
+    /// leader's engine ran fewer steps than tokens, so they shared batched passes through every shard.
+    /// </summary>
+    public static async Task AssertConcurrentGenerationsShareStepsAsync(ICoordinatorGrain coordinator, ModelPlan plan, Func<string, ModelHost> hostOf)
+    {
+        int[][] prompts = [TinyModel.PromptIds, TinyModel.PromptIds[..3], [.. TinyModel.PromptIds.Reverse()], [.. TinyModel.PromptIds, .. TinyModel.PromptIds]];
+        int[] lengths = [64, 48, 56, 40];
+        var leader = hostOf(plan.Leader.Shard.SiloName).Find(plan.Leader.Shard)!;
+        var before = leader.ToStatus().Batching!;
+        var runs = await Task.WhenAll(prompts.Select((prompt, i) => GenerateAsync(coordinator, prompt, lengths[i])));
+        for (var i = 0; i < prompts.Length; i++)
+        {
+            Assert.Equal(TinyModel.GenerateInProcess(prompts[i], lengths[i]), runs[i]);
+        }
+
+        var after = leader.ToStatus().Batching!;
+        var steps = after.Steps - before.Steps;
+        Assert.Equal(lengths.Sum(), after.GeneratedTokens - before.GeneratedTokens);
+        Assert.True(steps < lengths.Sum() * 3 / 4, $"{steps} steps for {lengths.Sum()} tokens: the generations did not share batched steps");
+    }
+
     public static async Task<int[]> GenerateAsync(ICoordinatorGrain coordinator, int[] promptIds, int maxTokens)
     {
         var job = new GenerationJob

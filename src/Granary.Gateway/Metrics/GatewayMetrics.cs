@@ -95,6 +95,7 @@ internal sealed class GatewayMetrics
         SiloGauge(text, reporting, "granary_silo_generations_running", "gauge", "Generations the silo is running or holding for its shard now.", host => host.Work.Length);
         SiloGauge(text, reporting, "granary_silo_model_loads_total", "counter", "Times the silo read model weights from disk since it started.", host => host.ModelLoads);
         SiloGauge(text, reporting, "granary_silo_batch_size", "gauge", "Sequences in the silo's decode batches at their last step.", host => SumBatches(host, batch => batch.LastBatchSize));
+        SiloGauge(text, reporting, "granary_silo_batch_steps_total", "counter", "Batched forward passes the silo's engines ran since the shards loaded.", host => SumBatches(host, batch => batch.Steps));
         SiloGauge(text, reporting, "granary_silo_batch_queue", "gauge", "Requests on the silo waiting for a batch slot.", host => SumBatches(host, batch => batch.QueuedRequests));
         SiloGauge(text, reporting, "granary_silo_prompt_cache_hits_total", "counter", "Requests whose prompt reused a cached prefix, since the shards loaded.", host => SumBatches(host, batch => batch.PromptCacheHits));
         SiloGauge(text, reporting, "granary_silo_prompt_cache_misses_total", "counter", "Requests whose prompt found no cached prefix, since the shards loaded.", host => SumBatches(host, batch => batch.PromptCacheMisses));

@@ -19,6 +19,7 @@ namespace Granary.Models.Batching;
 public sealed partial class BatchingEngine : IAsyncDisposable
 {
     private readonly CausalLanguageModel _model;
+    private readonly IBatchRunner _runner;
     private readonly ITextTokenizer? _tokenizer;
     private readonly IReadOnlySet<int> _endOfSequenceIds;
     private readonly BatchingOptions _options;
@@ -49,30 +50,39 @@ public sealed partial class BatchingEngine : IAsyncDisposable
     private int _disposed;
     private Exception? _loopFailure;
 
-    /// <param name="model">A whole model on this process (a sharded one runs in lockstep on every rank; see <see cref="TextGenerator.GenerateBatch"/>).</param>
+    /// <param name="model">
+    /// A whole model on this process (a sharded one needs its other ranks to follow: see <see cref="CreateLockstepLeader"/>).
+    /// </param>
     /// <param name="tokenizer">Needed for text output and stop strings; without it only ids are produced.</param>
     /// <param name="endOfSequenceIds">Ids that end generation.</param>
     public BatchingEngine(
         CausalLanguageModel model, ITextTokenizer? tokenizer, IReadOnlySet<int> endOfSequenceIds, BatchingOptions options, ILogger? logger = null)
+        : this(model, tokenizer, endOfSequenceIds, options, logger, runner: null)
+    {
+    }
+
+    private BatchingEngine(
+        CausalLanguageModel model, ITextTokenizer? tokenizer, IReadOnlySet<int> endOfSequenceIds, BatchingOptions options, ILogger? logger, IBatchRunner? runner)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(endOfSequenceIds);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        if (model.Shard is { PipelineStages: > 1 } or { TensorSize: > 1 })
+        if (runner is null && model.Shard is { PipelineStages: > 1 } or { TensorSize: > 1 })
         {
             throw new ArgumentException(
-                "A sharded model must run the same batches on every rank in lockstep, which one engine's request timing cannot give; use TextGenerator.GenerateBatch on every rank.",
+                "A sharded model must run the same batches on every rank in lockstep; serve it with CreateLockstepLeader on world rank 0 and LockstepFollower.Follow on the others.",
                 nameof(model));
         }
 
         _model = model;
+        _runner = runner ?? new LocalBatchRunner(model);
         _tokenizer = tokenizer;
         _endOfSequenceIds = endOfSequenceIds;
         _options = options;
         _logger = logger ?? NullLogger.Instance;
         _contextTokens = options.ContextTokens(model.Config);
-        _promptCache = new PromptCache(options.PromptCacheEntries);
+        _promptCache = new PromptCache(_runner, options.PromptCacheEntries);
         _stepMembers = new Admission[options.MaxBatchSize];
         _stepBatch = new BatchedSequence[options.MaxBatchSize];
         _stepTokens = new int[options.MaxBatchSize];
@@ -90,6 +100,26 @@ public sealed partial class BatchingEngine : IAsyncDisposable
     public static BatchingEngine Create(LoadedModel loaded, BatchingOptions? options = null, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(loaded);
+        return new BatchingEngine(loaded.Model, loaded.Tokenizer, EndOfSequenceIds(loaded), options ?? new BatchingOptions(), logger);
+    }
+
+    /// <summary>
+    /// An engine on world rank 0 of a model split over <paramref name="world"/> (tensor and/or pipeline parallel), whose
+    /// other ranks run <see cref="LockstepFollower.Follow"/>: the whole batch of every step moves through all the
+    /// shards together. While idle it messages the followers every <paramref name="pulseInterval"/>, which must be well
+    /// under the group's timeout. Disposing the engine ends the followers. A failed group fails the running requests
+    /// and every later one with <see cref="Granary.Collectives.CollectiveException"/>.
+    /// </summary>
+    public static BatchingEngine CreateLockstepLeader(
+        LoadedModel loaded, Granary.Collectives.Group world, TimeSpan pulseInterval, BatchingOptions? options = null, ILogger? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(loaded);
+        var runner = new LockstepBatchLeader(loaded.Model, world, pulseInterval);
+        return new BatchingEngine(loaded.Model, loaded.Tokenizer, EndOfSequenceIds(loaded), options ?? new BatchingOptions(), logger, runner);
+    }
+
+    private static HashSet<int> EndOfSequenceIds(LoadedModel loaded)
+    {
         var endOfSequence = new HashSet<int>(loaded.Generation.EosTokenIds);
         endOfSequence.UnionWith(loaded.Model.Config.EosTokenIds);
         if (loaded.Tokenizer is not null)
@@ -97,7 +127,7 @@ public sealed partial class BatchingEngine : IAsyncDisposable
             endOfSequence.UnionWith(loaded.Tokenizer.EndOfSequenceIds);
         }
 
-        return new BatchingEngine(loaded.Model, loaded.Tokenizer, endOfSequence, options ?? new BatchingOptions(), logger);
+        return endOfSequence;
     }
 
     /// <summary>
@@ -159,7 +189,10 @@ public sealed partial class BatchingEngine : IAsyncDisposable
         foreach (var admission in _running)
         {
             admission.Output.Writer.TryComplete(error);
-            admission.Cache?.Dispose();
+            if (admission.Cache is { } cache)
+            {
+                _runner.Release(cache);
+            }
         }
 
         _running.Clear();
@@ -174,6 +207,7 @@ public sealed partial class BatchingEngine : IAsyncDisposable
         }
 
         _promptCache.Dispose();
+        _runner.Dispose();
         _stopping.Dispose();
         _work.Dispose();
     }
@@ -261,8 +295,15 @@ public sealed partial class BatchingEngine : IAsyncDisposable
                 Admit();
                 if (_running.Count == 0)
                 {
-                    _work.Wait(stopping);
-                    _work.Reset();
+                    if (_work.Wait(_runner.PulseInterval, stopping))
+                    {
+                        _work.Reset();
+                    }
+                    else
+                    {
+                        _runner.Pulse();
+                    }
+
                     continue;
                 }
 
@@ -328,7 +369,7 @@ public sealed partial class BatchingEngine : IAsyncDisposable
             {
                 var sequence = next.Sequence;
                 var prompt = sequence.Tokens.Span[..sequence.PromptLength];
-                next.Cache = _promptCache.Acquire(_model, prompt, sequence.PromptLength + sequence.MaxTokens, out var reused);
+                next.Cache = _promptCache.Acquire(prompt, sequence.PromptLength + sequence.MaxTokens, out var reused);
                 next.Prefilled = reused;
                 Interlocked.Add(ref _promptTokens, sequence.PromptLength);
                 if (reused > 0)
@@ -343,7 +384,12 @@ public sealed partial class BatchingEngine : IAsyncDisposable
             }
             catch (Exception e)
             {
-                next.Cache?.Dispose();
+                if (next.Cache is { } cache)
+                {
+                    _runner.Release(cache);
+                    next.Cache = null;
+                }
+
                 next.Output.Writer.TryComplete(e);
                 continue;
             }
@@ -388,7 +434,7 @@ public sealed partial class BatchingEngine : IAsyncDisposable
 
         try
         {
-            _model.ForwardBatch(_stepBatch.AsSpan(0, count), _sampleStep, _stepTokens.AsSpan(0, count));
+            _runner.Forward(_stepBatch.AsSpan(0, count), _sampleStep, _stepTokens.AsSpan(0, count));
         }
         catch (Exception e)
         {
@@ -458,8 +504,11 @@ public sealed partial class BatchingEngine : IAsyncDisposable
         foreach (var admission in _running)
         {
             admission.Output.Writer.TryComplete(error);
-            admission.Cache?.Dispose();
-            admission.Cache = null;
+            if (admission.Cache is { } cache)
+            {
+                _runner.Release(cache);
+                admission.Cache = null;
+            }
         }
 
         _running.Clear();

@@ -5,7 +5,7 @@ namespace Granary.Models.Batching;
 /// prompt that shares a prefix with one of them starts from that prefix instead of an empty cache. Used by the
 /// engine's loop thread only.
 /// </summary>
-internal sealed class PromptCache(int capacity) : IDisposable
+internal sealed class PromptCache(IBatchRunner runner, int capacity) : IDisposable
 {
     private readonly LinkedList<Entry> _entries = [];
 
@@ -17,7 +17,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
     /// the kept cache stays, so requests running at the same time can all start from one system prompt.
     /// <paramref name="reused"/> = the prefix length (0: nothing matched).
     /// </summary>
-    public KvCache Acquire(CausalLanguageModel model, ReadOnlySpan<int> prompt, int capacity, out int reused)
+    public KvCache Acquire(ReadOnlySpan<int> prompt, int capacity, out int reused)
     {
         LinkedListNode<Entry>? best = null;
         var bestLength = 0;
@@ -31,7 +31,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
         }
 
         reused = bestLength;
-        var cache = model.CreateCache(capacity);
+        var cache = runner.CreateCache(capacity);
         if (best is null)
         {
             return cache;
@@ -41,12 +41,12 @@ internal sealed class PromptCache(int capacity) : IDisposable
         _entries.AddFirst(best);
         try
         {
-            cache.CopyFrom(best.Value.Cache, bestLength);
+            runner.CopyPrefix(best.Value.Cache, cache, bestLength);
             return cache;
         }
         catch
         {
-            cache.Dispose();
+            runner.Release(cache);
             throw;
         }
     }
@@ -59,7 +59,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
     {
         if (capacity == 0 || tokens.Length == 0)
         {
-            cache.Dispose();
+            runner.Release(cache);
             return;
         }
 
@@ -69,7 +69,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
             if (tokens.AsSpan().StartsWith(node.Value.Tokens))
             {
                 _entries.Remove(node);
-                node.Value.Cache.Dispose();
+                runner.Release(node.Value.Cache);
             }
 
             node = next;
@@ -80,7 +80,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
         {
             var last = _entries.Last!;
             _entries.RemoveLast();
-            last.Value.Cache.Dispose();
+            runner.Release(last.Value.Cache);
         }
     }
 
@@ -88,7 +88,7 @@ internal sealed class PromptCache(int capacity) : IDisposable
     {
         foreach (var entry in _entries)
         {
-            entry.Cache.Dispose();
+            runner.Release(entry.Cache);
         }
 
         _entries.Clear();
