@@ -16,7 +16,8 @@ namespace Granary.Bench;
 /// `gateway`: N concurrent clients (1, 4, 16, 64 by default), each sending streamed chat requests one after another
 /// for a fixed time, against a silo in this process that serves the REST gateway. Prints requests/s, output tokens/s,
 /// time to first token p50/p99, and each row's output tokens/s against the one-client row (serving one at a time),
-/// the peer every row is measured against in the same run.
+/// the peer every row is measured against in the same run. `--silos N --layout tensor|pipeline` splits the model over
+/// N silos of this process instead (their data plane over shared memory), so the batch moves through the shards.
 /// </summary>
 internal static class GatewayBenchmark
 {
@@ -29,19 +30,41 @@ internal static class GatewayBenchmark
         var maxTokens = int.Parse(Option(args, "--max-tokens") ?? "32", CultureInfo.InvariantCulture);
         var model = Option(args, "--model") ?? "builtin";
         var threads = Option(args, "--threads") is { } t ? int.Parse(t, CultureInfo.InvariantCulture) : (int?)null;
+        var siloCount = int.Parse(Option(args, "--silos") ?? "1", CultureInfo.InvariantCulture);
+        var layout = Enum.Parse<ShardLayout>(Option(args, "--layout") ?? (siloCount > 1 ? "tensor" : "single"), ignoreCase: true);
 
-        using var host = new HostBuilder()
-            .ConfigureLogging(logging => logging.SetMinimumLevel(LogLevel.Warning))
-            .UseOrleans(silo => silo
-                .UseLocalhostClustering(FreePort(), FreePort())
-                .AddGranary(modelHost => modelHost.Threads = threads))
-            .ConfigureServices(services => services.AddGranaryGatewayServer(gateway =>
+        var primaryPort = FreePort();
+        var hosts = Enumerable.Range(0, siloCount).Select(index =>
+        {
+            var siloPort = index == 0 ? primaryPort : FreePort();
+            var builder = new HostBuilder()
+                .ConfigureLogging(logging => logging.SetMinimumLevel(LogLevel.Warning))
+                .UseOrleans(silo => silo
+                    .UseLocalhostClustering(siloPort, FreePort(), new IPEndPoint(IPAddress.Loopback, primaryPort))
+                    .Configure<Orleans.Configuration.SiloOptions>(options => options.SiloName = $"silo{index}")
+                    .AddGranary(modelHost => modelHost.Threads = threads, coordinator =>
+                    {
+                        coordinator.Layout = layout;
+                        coordinator.MaxShards = siloCount;
+                        coordinator.DataPlaneBackend = "shm";
+                    }));
+            if (index == 0)
             {
-                gateway.Port = 0;
-                gateway.DefaultModel = model;
-            }))
-            .Build();
-        await host.StartAsync();
+                builder.ConfigureServices(services => services.AddGranaryGatewayServer(gateway =>
+                {
+                    gateway.Port = 0;
+                    gateway.DefaultModel = model;
+                }));
+            }
+
+            return builder.Build();
+        }).ToList();
+        foreach (var silo in hosts)
+        {
+            await silo.StartAsync();
+        }
+
+        var host = hosts[0];
         try
         {
             var address = host.Services.GetRequiredService<GatewayServer>().Address!;
@@ -50,7 +73,8 @@ internal static class GatewayBenchmark
             await RequestAsync(http, model, maxTokens, Stopwatch.GetTimestamp());
 
             Console.WriteLine(
-                $"Gateway benchmark: model {model}, {Environment.ProcessorCount} cores, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}, " +
+                $"Gateway benchmark: model {model} over {siloCount} silo(s), layout {layout.ToString().ToLowerInvariant()}, " +
+                $"{Environment.ProcessorCount} cores, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}, " +
                 $"{maxTokens} output tokens per request (ignore_eos), {duration.TotalSeconds:F0} s per row, streamed chat through {address}");
             Console.WriteLine("TTFT: from sending the request to its first event, which the gateway sends once the first token exists.");
             Console.WriteLine();
@@ -69,7 +93,11 @@ internal static class GatewayBenchmark
         }
         finally
         {
-            await host.StopAsync();
+            foreach (var silo in Enumerable.Reverse(hosts))
+            {
+                await silo.StopAsync();
+                silo.Dispose();
+            }
         }
 
         return 0;
