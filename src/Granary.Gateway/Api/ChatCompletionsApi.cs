@@ -1,4 +1,3 @@
-using System.Text;
 using Granary.Abstractions;
 using Granary.Gateway.Protocol;
 using Microsoft.AspNetCore.Builder;
@@ -43,74 +42,20 @@ internal static class ChatCompletionsApi
         await context.Response.WriteAsJsonAsync(response, GatewayJsonContext.Default.ChatCompletion, cancellationToken: context.RequestAborted);
     }
 
-    private static async Task StreamAsync(HttpContext context, GenerationRunner runner, GenerationSpec spec, RunningGeneration generation, string id, long created)
+    private static Task StreamAsync(HttpContext context, GenerationRunner runner, GenerationSpec spec, RunningGeneration generation, string id, long created)
     {
-        var type = GatewayJsonContext.Default.ChatCompletionChunk;
-        ChatCompletionChunk Chunk(ChatDelta delta, string? finishReason, int[]? tokenIds) =>
-            new(id, "chat.completion.chunk", created, spec.ServedModel, [new ChatChunkChoice(0, delta, null, finishReason, tokenIds)], null);
+        ChatCompletionChunk Chunk(ChatDelta delta, string? finishReason, int[]? tokenIds, Usage? usage = null) =>
+            new(id, "chat.completion.chunk", created, spec.ServedModel, usage is null ? [new ChatChunkChoice(0, delta, null, finishReason, tokenIds)] : [], usage);
 
-        await ServerSentEvents.BeginAsync(context);
-        await ServerSentEvents.WriteAsync(context, Chunk(new ChatDelta("assistant", ""), null, null), type);
-        try
-        {
-            await foreach (var chunk in generation.ReadAllAsync())
-            {
-                if (chunk.Text.Length > 0 || (spec.ReturnTokenIds && chunk.HasToken))
-                {
-                    int[]? ids = spec.ReturnTokenIds ? chunk.HasToken ? [chunk.TokenId] : [] : null;
-                    await ServerSentEvents.WriteAsync(context, Chunk(new ChatDelta(null, chunk.Text), null, ids), type);
-                }
-            }
-
-            var summary = Completions.RequireSummary(generation);
-            await ServerSentEvents.WriteAsync(context, Chunk(new ChatDelta(null, null), Completions.FinishReason(summary), null), type);
-            if (spec.IncludeUsage)
-            {
-                await ServerSentEvents.WriteAsync(
-                    context,
-                    new ChatCompletionChunk(id, "chat.completion.chunk", created, spec.ServedModel, [], Usage.Of(generation.PromptTokens, summary.GeneratedTokens)),
-                    type);
-            }
-
-            await ServerSentEvents.DoneAsync(context);
-        }
-        catch (Exception e) when (!context.RequestAborted.IsCancellationRequested)
-        {
-            await ServerSentEvents.ErrorAsync(context, runner.ToApiException(e, spec));
-        }
-    }
-}
-
-/// <summary>What the chat and text completion endpoints share.</summary>
-internal static class Completions
-{
-    public static string FinishReason(GenerationSummary summary) => summary.FinishReason == Abstractions.FinishReason.Stop ? "stop" : "length";
-
-    public static GenerationSummary RequireSummary(RunningGeneration generation) =>
-        generation.Summary ?? throw new InvalidOperationException("The cluster's generation stream ended without its summary.");
-
-    /// <summary>A whole generation's text, tokens and summary; failures become the API errors they stand for.</summary>
-    public static async Task<(string Text, int[] Tokens, GenerationSummary Summary)> CollectAsync(
-        RunningGeneration generation, GenerationRunner runner, GenerationSpec spec, CancellationToken aborted)
-    {
-        var text = new StringBuilder();
-        var tokens = new List<int>();
-        try
-        {
-            await foreach (var chunk in generation.ReadAllAsync())
-            {
-                text.Append(chunk.Text);
-                if (chunk.HasToken)
-                {
-                    tokens.Add(chunk.TokenId);
-                }
-            }
-        }
-        catch (Exception e) when (!aborted.IsCancellationRequested)
-        {
-            throw runner.ToApiException(e, spec);
-        }
-
-        return (text.ToString(), [.. tokens], RequireSummary(generation));
+        // The first event names the role, as OpenAI's does; the last delta is empty.
+        return Completions.StreamAsync(
+            context,
+            runner,
+            spec,
+            generation,
+            GatewayJsonContext.Default.ChatCompletionChunk,
+            (text, finishReason, tokenIds) => Chunk(new ChatDelta(null, text), finishReason, tokenIds),
+            usage => Chunk(new ChatDelta(null, null), null, null, usage),
+            opening: Chunk(new ChatDelta("assistant", ""), null, null));
     }
 }

@@ -41,36 +41,14 @@ internal static class CompletionsApi
             return;
         }
 
-        Completion Chunk(string text, string? finishReason, int[]? tokenIds) =>
-            new(id, "text_completion", created, spec.ServedModel, [new CompletionChoice(0, text, null, finishReason, tokenIds)], null);
-
-        await ServerSentEvents.BeginAsync(context);
-        try
-        {
-            await foreach (var chunk in generation.ReadAllAsync())
-            {
-                if (chunk.Text.Length > 0 || (spec.ReturnTokenIds && chunk.HasToken))
-                {
-                    int[]? ids = spec.ReturnTokenIds ? chunk.HasToken ? [chunk.TokenId] : [] : null;
-                    await ServerSentEvents.WriteAsync(context, Chunk(chunk.Text, null, ids), type);
-                }
-            }
-
-            var summary = Completions.RequireSummary(generation);
-            await ServerSentEvents.WriteAsync(context, Chunk("", Completions.FinishReason(summary), null), type);
-            if (spec.IncludeUsage)
-            {
-                await ServerSentEvents.WriteAsync(
-                    context,
-                    new Completion(id, "text_completion", created, spec.ServedModel, [], Usage.Of(generation.PromptTokens, summary.GeneratedTokens)),
-                    type);
-            }
-
-            await ServerSentEvents.DoneAsync(context);
-        }
-        catch (Exception e) when (!context.RequestAborted.IsCancellationRequested)
-        {
-            await ServerSentEvents.ErrorAsync(context, runner.ToApiException(e, spec));
-        }
+        await Completions.StreamAsync(
+            context,
+            runner,
+            spec,
+            generation,
+            type,
+            (text, finishReason, tokenIds) =>
+                new Completion(id, "text_completion", created, spec.ServedModel, [new CompletionChoice(0, text ?? "", null, finishReason, tokenIds)], null),
+            usage => new Completion(id, "text_completion", created, spec.ServedModel, [], usage));
     }
 }
