@@ -9,77 +9,14 @@ using Xunit.Abstractions;
 
 namespace Granary.Runtime.Tests;
 
-/// <summary>
-/// Two silo processes running the built-in model (big enough that a generation takes seconds). The client talks
-/// to alpha only, so its coordinator lives there; alpha offers less memory, so the plan puts the shard on beta,
-/// which the tests then cancel under or SIGKILL.
-/// </summary>
-public sealed class BuiltInModelCluster : IAsyncLifetime
+/// <summary>Alpha offers less memory than the built-in model needs, so the plan puts the shard on beta.</summary>
+public sealed class BuiltInModelCluster : TwoSiloProcessCluster
 {
     public const long AlphaMemoryLimit = 1L << 30;
 
-    private readonly int[] _ports = SiloProcess.FreePorts(4);
+    protected override string[] AlphaArguments => [.. Common, "--memory-limit", $"{AlphaMemoryLimit}"];
 
-    public string ClusterId { get; } = $"test-{Guid.NewGuid():N}";
-
-    public string Model { get; } = BuiltInModel.EnsureCreated(TextWriter.Null);
-
-    public SiloProcess Alpha { get; private set; } = null!;
-
-    public SiloProcess Beta { get; private set; } = null!;
-
-    public GranaryClient Client { get; private set; } = null!;
-
-    public async Task InitializeAsync()
-    {
-        Alpha = await SiloProcess.StartAsync("alpha", _ports[0], _ports[1], [.. Common, "--memory-limit", $"{AlphaMemoryLimit}"], TimeSpan.FromSeconds(90));
-        await StartBetaAsync();
-        Client = await GranaryClient.ConnectAsync(options =>
-        {
-            options.ClusterId = ClusterId;
-            options.Gateways = [Alpha.Gateway];
-        });
-    }
-
-    public async Task StartBetaAsync()
-    {
-        Beta?.Dispose();
-        Beta = await SiloProcess.StartAsync("beta", _ports[2], _ports[3], Common, TimeSpan.FromSeconds(90));
-    }
-
-    public async Task DisposeAsync()
-    {
-        if (Client is not null)
-        {
-            await Client.DisposeAsync();
-        }
-
-        Beta?.Dispose();
-        Alpha?.Dispose();
-    }
-
-    public async Task<ClusterStatus> WaitForStatusAsync(Func<ClusterStatus, bool> condition, TimeSpan timeout)
-    {
-        var clock = Stopwatch.StartNew();
-        while (true)
-        {
-            var status = await Client.StatusAsync();
-            if (condition(status))
-            {
-                return status;
-            }
-
-            if (clock.Elapsed > timeout)
-            {
-                throw new TimeoutException($"Status did not settle within {timeout}: {string.Join(", ", status.Silos.Select(s => $"{s.SiloName}={s.Status}"))}\n" +
-                    $"--- alpha\n{Alpha.Output}\n--- beta\n{Beta.Output}");
-            }
-
-            await Task.Delay(250);
-        }
-    }
-
-    private string[] Common => ["--cluster-id", ClusterId, "--membership", "localhost", "--primary-silo", $"127.0.0.1:{_ports[0]}"];
+    protected override string[] BetaArguments => Common;
 }
 
 public sealed class FailoverTests(BuiltInModelCluster cluster, ITestOutputHelper output) : IClassFixture<BuiltInModelCluster>

@@ -10,56 +10,16 @@ using Xunit.Abstractions;
 namespace Granary.Runtime.Tests;
 
 /// <summary>
-/// Two silo processes whose coordinators split every model tensor parallel, running the built-in model (big enough
-/// that a generation takes seconds). The client talks to alpha only, so its coordinator lives there; alpha offers
-/// more memory, so it leads (rank 0) and beta follows: the tests SIGKILL beta mid-answer.
+/// Both silos' coordinators split every model tensor parallel; alpha offers more memory, so it leads (rank 0) and beta
+/// follows: the tests SIGKILL beta mid-answer.
 /// </summary>
-public sealed class TensorParallelProcessCluster : IAsyncLifetime
+public sealed class TensorParallelProcessCluster : TwoSiloProcessCluster
 {
-    private readonly int[] _ports = SiloProcess.FreePorts(4);
+    protected override string[] AlphaArguments => [.. Common, .. TensorLayout, "--memory-limit", $"{3L << 29}"];
 
-    public string ClusterId { get; } = $"test-{Guid.NewGuid():N}";
+    protected override string[] BetaArguments => [.. Common, .. TensorLayout, "--memory-limit", $"{1L << 30}"];
 
-    public string Model { get; } = BuiltInModel.EnsureCreated(TextWriter.Null);
-
-    public SiloProcess Alpha { get; private set; } = null!;
-
-    public SiloProcess Beta { get; private set; } = null!;
-
-    public GranaryClient Client { get; private set; } = null!;
-
-    public async Task InitializeAsync()
-    {
-        Alpha = await SiloProcess.StartAsync("alpha", _ports[0], _ports[1], [.. Common, "--memory-limit", $"{3L << 29}"], TimeSpan.FromSeconds(90));
-        await StartBetaAsync();
-        Client = await GranaryClient.ConnectAsync(options =>
-        {
-            options.ClusterId = ClusterId;
-            options.Gateways = [Alpha.Gateway];
-        });
-    }
-
-    public async Task StartBetaAsync()
-    {
-        Beta?.Dispose();
-        Beta = await SiloProcess.StartAsync("beta", _ports[2], _ports[3], [.. Common, "--memory-limit", $"{1L << 30}"], TimeSpan.FromSeconds(90));
-    }
-
-    public async Task DisposeAsync()
-    {
-        if (Client is not null)
-        {
-            await Client.DisposeAsync();
-        }
-
-        Beta?.Dispose();
-        Alpha?.Dispose();
-    }
-
-    public Task<ClusterStatus> WaitForStatusAsync(Func<ClusterStatus, bool> condition, TimeSpan timeout) =>
-        ClusterWaits.WaitForStatusAsync(Client, condition, timeout, Alpha, Beta);
-
-    private string[] Common => ["--cluster-id", ClusterId, "--membership", "localhost", "--primary-silo", $"127.0.0.1:{_ports[0]}", "--layout", "Tensor", "--max-shards", "2"];
+    private static string[] TensorLayout => ["--layout", "Tensor", "--max-shards", "2"];
 }
 
 public sealed class TensorParallelFailoverTests(TensorParallelProcessCluster cluster, ITestOutputHelper output) : IClassFixture<TensorParallelProcessCluster>
