@@ -80,18 +80,19 @@ public sealed class TrainingMixtureOfExperts : TrainingFeedForward
 
     public override IEnumerable<TrainableLinear> Linears() => [Router, .. Experts.SelectMany(e => e.Linears())];
 
-    internal static TrainingMixtureOfExperts Create(MixtureOfExpertsFeedForward source, MixtureOfExpertsConfig config, string prefix, bool trainBase)
+    internal static TrainingMixtureOfExperts Create(
+        MixtureOfExpertsFeedForward source, MixtureOfExpertsConfig config, string prefix, bool trainBase, IMatrixProducts products)
     {
-        var router = new TrainableLinear(prefix + "gate", source.Router, trainBase);
+        var router = new TrainableLinear(prefix + "gate", source.Router, trainBase, products);
         var experts = new TrainingSwiGlu[source.Experts.Count];
         for (var e = 0; e < experts.Length; e++)
         {
             var weights = source.Experts[e] ?? throw new InvalidOperationException($"Expert {e} of {prefix} is not held by this process.");
             var name = $"{prefix}experts.{e}.";
             experts[e] = new TrainingSwiGlu(
-                new TrainableLinear(name + "gate_proj", weights.Gate, trainBase),
-                new TrainableLinear(name + "up_proj", weights.Up, trainBase),
-                new TrainableLinear(name + "down_proj", weights.Down, trainBase));
+                new TrainableLinear(name + "gate_proj", weights.Gate, trainBase, products),
+                new TrainableLinear(name + "up_proj", weights.Up, trainBase, products),
+                new TrainableLinear(name + "down_proj", weights.Down, trainBase, products));
         }
 
         return new TrainingMixtureOfExperts(config, router, experts);

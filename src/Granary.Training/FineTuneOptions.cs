@@ -16,7 +16,21 @@ public enum FineTuneType
     Dora,
 }
 
-/// <summary>What a <see cref="TrainingModel"/> trains and how it keeps activations.</summary>
+/// <summary>Where the matrix products of training run (see <see cref="FineTuneOptions.Device"/>).</summary>
+public enum TrainingDevice
+{
+    /// <summary>The host's cores, like everything else in training.</summary>
+    Cpu,
+
+    /// <summary>
+    /// One NVIDIA GPU: the products (x W^T, dy W, dy^T x; most of a step's arithmetic) run as plain-f32 cuBLASLt
+    /// GEMMs with the frozen base weights kept on the GPU as f32. Everything else stays on the host: a first GPU path,
+    /// not a device-resident trainer.
+    /// </summary>
+    Cuda,
+}
+
+/// <summary>What a <see cref="TrainingModel"/> trains, how it keeps activations and where its products run.</summary>
 public sealed class FineTuneOptions
 {
     public FineTuneType Type { get; set; } = FineTuneType.Lora;
@@ -35,11 +49,35 @@ public sealed class FineTuneOptions
     /// <summary>Cores a forward/backward pass uses (0: all); ranks that share a host divide them.</summary>
     public int Threads { get; set; }
 
+    /// <summary>Where the matrix products run; the host by default.</summary>
+    public TrainingDevice Device { get; set; } = TrainingDevice.Cpu;
+
+    /// <summary>
+    /// For <see cref="TrainingDevice.Cuda"/>: the GPU ordinal; null takes this process's GPU (under `granary launch`
+    /// each rank its own, see <c>CudaBackend.DeviceForThisProcess</c>).
+    /// </summary>
+    public int? CudaDevice { get; set; }
+
     public void Validate()
     {
         if (Threads < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(Threads), Threads, "Threads must be 0 (all cores) or positive.");
+        }
+
+        if (!Enum.IsDefined(Device))
+        {
+            throw new ArgumentOutOfRangeException(nameof(Device), Device, "Unknown training device; use Cpu or Cuda.");
+        }
+
+        if (CudaDevice is < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(CudaDevice), CudaDevice, "The CUDA device is a GPU ordinal: 0 or more.");
+        }
+
+        if (CudaDevice is not null && Device != TrainingDevice.Cuda)
+        {
+            throw new ArgumentException($"{nameof(CudaDevice)} is set but the products run on {Device}; set {nameof(Device)} to Cuda.", nameof(CudaDevice));
         }
 
         if (Type is FineTuneType.Lora or FineTuneType.Dora)

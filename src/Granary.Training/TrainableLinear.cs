@@ -4,16 +4,19 @@ namespace Granary.Training;
 
 /// <summary>
 /// A linear layer y = x W^T + b (+ scale * dropout(x) A^T B^T; DoRA rescales the sum per output column to m /
-/// ||W + scale B A||, before the bias) in training. W is either a frozen model weight (read as f32 on each use; bf16
-/// and MLX-quantized weights are converted on the fly) or a trainable f32 parameter.
+/// ||W + scale B A||, before the bias) in training. W is either a frozen model weight (read as f32 by the products'
+/// device: converted on each use on the host, kept as an f32 copy on a GPU) or a trainable f32 parameter. The matrix
+/// products run on <see cref="IMatrixProducts"/>; the rest (bias, dropout, DoRA's norms) on the host.
 /// </summary>
 public sealed unsafe class TrainableLinear
 {
     private readonly LinearWeight? _frozen;
+    private readonly IMatrixProducts _products;
 
-    internal TrainableLinear(string name, LinearWeight weight, bool trainBase)
+    internal TrainableLinear(string name, LinearWeight weight, bool trainBase, IMatrixProducts products)
     {
         Name = name;
+        _products = products;
         InFeatures = weight.InFeatures;
         OutFeatures = weight.OutFeatures;
         if (trainBase)
@@ -32,9 +35,10 @@ public sealed unsafe class TrainableLinear
     }
 
     /// <summary>A layer over an existing trainable weight [out, in] (the output head tied to the embedding).</summary>
-    internal TrainableLinear(string name, Parameter weight)
+    internal TrainableLinear(string name, Parameter weight, IMatrixProducts products)
     {
         Name = name;
+        _products = products;
         OutFeatures = weight.Shape[0];
         InFeatures = weight.Shape[1];
         Weight = weight;
@@ -84,8 +88,7 @@ public sealed unsafe class TrainableLinear
         var output = new float[rows * OutFeatures];
         fixed (float* x = input, y = output)
         {
-            using var w = OpenWeight();
-            MatrixMath.MultiplyTransposed(x, w.Pointer, y, rows, OutFeatures, InFeatures);
+            MultiplyByWeightTransposed(x, y, rows);
         }
 
         float[]? dropped = null;
@@ -100,9 +103,9 @@ public sealed unsafe class TrainableLinear
             var bScaled = new float[rows * lora.Rank];
             fixed (float* xd = dropped, xa = projected, xs = bScaled, a = lora.A.Value, b = lora.B.Value, y = output)
             {
-                MatrixMath.MultiplyTransposed(xd, a, xa, rows, lora.Rank, InFeatures);
+                _products.MultiplyTransposed(xd, a, xa, rows, lora.Rank, InFeatures);
                 System.Numerics.Tensors.TensorPrimitives.Multiply(projected, lora.Scale, bScaled);
-                MatrixMath.MultiplyTransposed(xs, b, y, rows, OutFeatures, lora.Rank, accumulate: true);
+                _products.MultiplyTransposed(xs, b, y, rows, OutFeatures, lora.Rank, accumulate: true);
             }
 
             if (lora.Magnitude is { } magnitude)
@@ -202,7 +205,7 @@ public sealed unsafe class TrainableLinear
             {
                 fixed (float* dw = Weight.Gradient)
                 {
-                    MatrixMath.AccumulateTransposedLeft(dy, x, dw, OutFeatures, InFeatures, rows);
+                    _products.AccumulateTransposedLeft(dy, x, dw, OutFeatures, InFeatures, rows);
                 }
             }
 
@@ -210,8 +213,7 @@ public sealed unsafe class TrainableLinear
             {
                 fixed (float* dx = inputGradient)
                 {
-                    using var w = OpenWeight();
-                    MatrixMath.Multiply(dy, w.Pointer, dx, rows, InFeatures, OutFeatures);
+                    MultiplyByWeight(dy, dx, rows);
                 }
             }
 
@@ -225,17 +227,17 @@ public sealed unsafe class TrainableLinear
                 fixed (float* b = lora.B.Value, db = lora.B.Gradient, a = lora.A.Value, da = lora.A.Gradient,
                        xa = projectedScaled, dxa = projectedGradient, xd = tape.Dropped)
                 {
-                    MatrixMath.Multiply(dy, b, dxa, rows, rank, OutFeatures);
+                    _products.Multiply(dy, b, dxa, rows, rank, OutFeatures);
                     System.Numerics.Tensors.TensorPrimitives.Multiply(projectedGradient, lora.Scale, projectedGradient);
-                    MatrixMath.AccumulateTransposedLeft(dy, xa, db, OutFeatures, rank, rows);
-                    MatrixMath.AccumulateTransposedLeft(dxa, xd, da, rank, InFeatures, rows);
+                    _products.AccumulateTransposedLeft(dy, xa, db, OutFeatures, rank, rows);
+                    _products.AccumulateTransposedLeft(dxa, xd, da, rank, InFeatures, rows);
                     if (inputGradient is not null)
                     {
                         if (tape.Kept is null)
                         {
                             fixed (float* dx = inputGradient)
                             {
-                                MatrixMath.Multiply(dxa, a, dx, rows, InFeatures, rank, accumulate: true);
+                                _products.Multiply(dxa, a, dx, rows, InFeatures, rank, accumulate: true);
                             }
                         }
                         else
@@ -243,7 +245,7 @@ public sealed unsafe class TrainableLinear
                             var loraInputGradient = new float[rows * InFeatures];
                             fixed (float* dl = loraInputGradient)
                             {
-                                MatrixMath.Multiply(dxa, a, dl, rows, InFeatures, rank);
+                                _products.Multiply(dxa, a, dl, rows, InFeatures, rank);
                             }
 
                             // Dropout passed x_i / (1 - p) where kept, 0 elsewhere; its gradient is that factor.
@@ -264,7 +266,37 @@ public sealed unsafe class TrainableLinear
         return inputGradient;
     }
 
-    /// <summary>The weight the forward uses, as f32 (W, without the adapter).</summary>
+    // y = x W^T: a frozen W through the products' own f32 copy of it (resident on a GPU), a trained one from its values.
+    private void MultiplyByWeightTransposed(float* x, float* y, int rows)
+    {
+        if (_frozen is not null)
+        {
+            _products.MultiplyByFrozenTransposed(x, _frozen, y, rows);
+            return;
+        }
+
+        fixed (float* w = Weight!.Value)
+        {
+            _products.MultiplyTransposed(x, w, y, rows, OutFeatures, InFeatures);
+        }
+    }
+
+    // dx = dy W, W as in MultiplyByWeightTransposed.
+    private void MultiplyByWeight(float* dy, float* dx, int rows)
+    {
+        if (_frozen is not null)
+        {
+            _products.MultiplyByFrozen(dy, _frozen, dx, rows);
+            return;
+        }
+
+        fixed (float* w = Weight!.Value)
+        {
+            _products.Multiply(dy, w, dx, rows, InFeatures, OutFeatures);
+        }
+    }
+
+    /// <summary>The weight the forward uses, as f32 (W, without the adapter), on the host.</summary>
     internal FrozenWeights.View OpenWeight()
     {
         if (Weight is not null)

@@ -57,11 +57,11 @@ public sealed class TrainingLayer
 
     internal bool HasTrainable => Parameters().Any(p => p.Trainable);
 
-    internal static TrainingLayer Create(ModelConfig config, DecoderLayer layer, bool trainBase)
+    internal static TrainingLayer Create(ModelConfig config, DecoderLayer layer, bool trainBase, IMatrixProducts products)
     {
         var prefix = $"model.layers.{layer.Index}.";
         var attention = layer.Attention;
-        TrainableLinear Linear(string name, Granary.Tensors.LinearWeight weight) => new(prefix + name, weight, trainBase);
+        TrainableLinear Linear(string name, Granary.Tensors.LinearWeight weight) => new(prefix + name, weight, trainBase, products);
         Parameter Vector(string name, Granary.Tensors.Tensor tensor) =>
             new(prefix + name, FrozenWeights.ToArray(tensor), [(int)tensor.ElementCount], trainBase);
 
@@ -69,7 +69,7 @@ public sealed class TrainingLayer
         {
             DenseFeedForward dense => new TrainingSwiGlu(
                 Linear("mlp.gate_proj", dense.Gate), Linear("mlp.up_proj", dense.Up), Linear("mlp.down_proj", dense.Down)),
-            MixtureOfExpertsFeedForward moe => TrainingMixtureOfExperts.Create(moe, config.MixtureOfExperts!, prefix + "mlp.", trainBase),
+            MixtureOfExpertsFeedForward moe => TrainingMixtureOfExperts.Create(moe, config.MixtureOfExperts!, prefix + "mlp.", trainBase, products),
             _ => throw new NotSupportedException($"Feed-forward {layer.FeedForward.GetType().Name} cannot be trained."),
         };
         return new TrainingLayer(

@@ -1,6 +1,7 @@
 using Granary.Models;
 using Granary.Models.Configuration;
 using Granary.Tensors;
+using Granary.Tensors.Cuda;
 
 namespace Granary.Training;
 
@@ -8,18 +9,22 @@ namespace Granary.Training;
 /// A <see cref="CausalLanguageModel"/> (loaded on the CPU backend) prepared for training: an f32 forward pass that
 /// records what the backward pass needs, and exact gradients of the summed cross-entropy of the target tokens.
 /// LoRA reads the frozen weights through the model (so they stay bf16 or quantized); full fine-tuning copies every
-/// weight into a trainable f32 parameter.
+/// weight into a trainable f32 parameter. The matrix products run on <see cref="FineTuneOptions.Device"/> (a GPU
+/// keeps an f32 copy of the frozen weights); activations, gradients and parameters live in host memory.
+/// Dispose it to release a GPU it opened.
 /// </summary>
-public sealed class TrainingModel
+public sealed class TrainingModel : IDisposable
 {
     private readonly LinearWeight? _frozenEmbedding;
     private readonly float[] _inverseFrequencies;
+    private readonly IMatrixProducts _products;
 
     private TrainingModel(
-        ModelConfig config, FineTuneOptions options, LinearWeight? frozenEmbedding, Parameter? embedding,
+        ModelConfig config, FineTuneOptions options, IMatrixProducts products, LinearWeight? frozenEmbedding, Parameter? embedding,
         IReadOnlyList<TrainingLayer> layers, Parameter finalNorm, TrainableLinear outputHead)
     {
         Config = config;
+        _products = products;
         Options = options;
         _frozenEmbedding = frozenEmbedding;
         Embedding = embedding;
@@ -32,6 +37,9 @@ public sealed class TrainingModel
     public ModelConfig Config { get; }
 
     public FineTuneOptions Options { get; }
+
+    /// <summary>Where the matrix products run: "cpu", or the GPU ("cuda:0 NVIDIA H100 ...").</summary>
+    public string Device => _products.Device;
 
     /// <summary>The embedding table when it is trained (full fine-tuning).</summary>
     public Parameter? Embedding { get; }
@@ -49,14 +57,26 @@ public sealed class TrainingModel
 
     public IReadOnlyList<Parameter> TrainableParameters => Parameters.Where(p => p.Trainable).ToArray();
 
-    public static TrainingModel Create(CausalLanguageModel model, FineTuneOptions options)
+    /// <summary>
+    /// Prepares <paramref name="model"/> (on the CPU backend) for training. With <see cref="TrainingDevice.Cuda"/> the
+    /// products run on <paramref name="gpu"/>, which the caller keeps and disposes, or, when it is null, on a GPU this
+    /// model opens (<see cref="FineTuneOptions.CudaDevice"/>) and releases when disposed.
+    /// </summary>
+    /// <exception cref="CudaException">The CUDA device is asked for and no GPU or CUDA library is usable.</exception>
+    public static TrainingModel Create(CausalLanguageModel model, FineTuneOptions options, CudaBackend? gpu = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         if (model.Backend is not Granary.Tensors.Cpu.CpuBackend)
         {
-            throw new NotSupportedException($"Training runs on the CPU backend; the model is on '{model.Backend.Name}'.");
+            throw new NotSupportedException(
+                $"Training reads the model from the CPU backend; the model is on '{model.Backend.Name}'. Load it on the CPU and set {nameof(FineTuneOptions)}.{nameof(FineTuneOptions.Device)} to run the products on a GPU.");
+        }
+
+        if (gpu is not null && options.Device != TrainingDevice.Cuda)
+        {
+            throw new ArgumentException($"A GPU was given but the products run on {options.Device}; set {nameof(FineTuneOptions)}.{nameof(FineTuneOptions.Device)} to Cuda.", nameof(gpu));
         }
 
         var config = model.Config;
@@ -65,23 +85,40 @@ public sealed class TrainingModel
             throw new NotSupportedException("Training needs the whole model; this one holds only a shard of its layers.");
         }
 
-        var full = options.Type == FineTuneType.Full;
-        Parameter? embedding = full
-            ? new Parameter("model.embed_tokens.weight", FrozenWeights.ToArray(sourceEmbedding), [config.VocabularySize, config.HiddenSize], trainable: true)
-            : null;
-        var layers = model.Layers.Select(l => TrainingLayer.Create(config, l, full)).ToArray();
-        var finalNorm = new Parameter("model.norm.weight", FrozenWeights.ToArray(sourceNorm), [config.HiddenSize], full);
-        var head = config.TieWordEmbeddings && embedding is not null
-            ? new TrainableLinear("lm_head", embedding)
-            : new TrainableLinear("lm_head", sourceHead, full);
-        var training = new TrainingModel(config, options, full ? null : sourceEmbedding, embedding, layers, finalNorm, head);
-        if (!full)
+        IMatrixProducts products = options.Device switch
         {
-            training.AttachAdapters(options.Lora, options.Seed, decomposed: options.Type == FineTuneType.Dora);
-        }
+            TrainingDevice.Cuda when gpu is not null => new CudaMatrixProducts(gpu, ownsGpu: false),
+            TrainingDevice.Cuda => CudaMatrixProducts.Open(options.CudaDevice),
+            _ => CpuMatrixProducts.Instance,
+        };
+        try
+        {
+            var full = options.Type == FineTuneType.Full;
+            Parameter? embedding = full
+                ? new Parameter("model.embed_tokens.weight", FrozenWeights.ToArray(sourceEmbedding), [config.VocabularySize, config.HiddenSize], trainable: true)
+                : null;
+            var layers = model.Layers.Select(l => TrainingLayer.Create(config, l, full, products)).ToArray();
+            var finalNorm = new Parameter("model.norm.weight", FrozenWeights.ToArray(sourceNorm), [config.HiddenSize], full);
+            var head = config.TieWordEmbeddings && embedding is not null
+                ? new TrainableLinear("lm_head", embedding, products)
+                : new TrainableLinear("lm_head", sourceHead, full, products);
+            var training = new TrainingModel(config, options, products, full ? null : sourceEmbedding, embedding, layers, finalNorm, head);
+            if (!full)
+            {
+                training.AttachAdapters(options.Lora, options.Seed, decomposed: options.Type == FineTuneType.Dora);
+            }
 
-        return training;
+            return training;
+        }
+        catch
+        {
+            products.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>Releases the GPU copies of the frozen weights, and the GPU when this model opened it.</summary>
+    public void Dispose() => _products.Dispose();
 
     /// <summary>Linears that carry adapters, by module path.</summary>
     public IReadOnlyDictionary<string, TrainableLinear> AdaptedLinears =>

@@ -178,7 +178,7 @@ public sealed class NcclTransportTests
     }
 
     /// <summary>Runs <paramref name="body"/> as ranks 0..n-1 of one nccl group, rank r on GPU r, one thread each.</summary>
-    private static void RunRanks(int ranks, Action<int, Group, CudaBackend> body)
+    internal static void RunRanks(int ranks, Action<int, Group, CudaBackend> body)
     {
         // Each backend compiles its kernels on creation: make them side by side.
         var backends = new CudaBackend[ranks];

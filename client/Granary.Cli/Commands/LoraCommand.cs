@@ -7,7 +7,11 @@ using Granary.Training;
 
 namespace Granary.Cli.Commands;
 
-/// <summary>`granary lora`: LoRA / QLoRA / DoRA / full fine-tuning, like mlx_lm.lora; data parallel under `granary launch`.</summary>
+/// <summary>
+/// `granary lora`: LoRA / QLoRA / DoRA / full fine-tuning, like mlx_lm.lora; data parallel under `granary launch`.
+/// `--backend cuda` runs the matrix products of training on this process's GPU (each launched rank its own) and sums
+/// the gradients over NCCL; the model is still read from host memory and the rest of a step runs on the host.
+/// </summary>
 internal static class LoraCommand
 {
     public const string Summary = "fine-tune with LoRA (or --fine-tune-type dora|full) on --data DIR; --train and/or --test";
@@ -17,7 +21,7 @@ internal static class LoraCommand
         "--model", "--data", "--batch-size", "--iters", "--learning-rate", "--steps-per-report", "--steps-per-eval",
         "--val-batches", "--test-batches", "--adapter-path", "--save-every", "--num-layers", "--rank", "--scale", "--alpha",
         "--dropout", "--keys", "--fine-tune-type", "--max-seq-length", "--optimizer", "--weight-decay", "--momentum",
-        "--warmup", "--min-learning-rate", "--grad-accumulation-steps", "--max-grad-norm", "--seed", "--threads",
+        "--warmup", "--min-learning-rate", "--grad-accumulation-steps", "--max-grad-norm", "--seed", "--threads", "--backend",
     ];
 
     private static readonly string[] FlagOptions = ["--train", "--test", "--resume", "--mask-prompt", "--grad-checkpoint", "--cosine-decay"];
@@ -37,7 +41,7 @@ internal static class LoraCommand
         using var cancel = ConsoleCancellation.Create();
 
         // Under `granary launch` every rank trains on its slice of each batch (data parallel); --batch-size is per rank.
-        using var world = CollectiveOptions.FromEnvironment() is null ? null : Group.Init();
+        using var world = CollectiveOptions.FromEnvironment() is null ? null : Group.Init(backend: CollectiveBackendFor(fineTune.Device));
         using var backend = new CpuBackend(arguments.GetIntOrNull("--threads"));
         Console.Error.WriteLine($"Loading {modelDirectory}...");
         using var loaded = ModelLoader.Load(modelDirectory, backend);
@@ -45,11 +49,18 @@ internal static class LoraCommand
         if (arguments.Has("--test") && !arguments.Has("--train"))
         {
             // Testing trained adapters: their own config decides the shape of the adapters.
+            var device = fineTune.Device;
             fineTune = AdapterFiles.ReadOptions(trainer.AdapterPath);
             fineTune.Threads = arguments.GetInt("--threads", 0);
+            fineTune.Device = device;
         }
 
-        var model = TrainingModel.Create(loaded.Model, fineTune);
+        using var model = TrainingModel.Create(loaded.Model, fineTune);
+        if (fineTune.Device != TrainingDevice.Cpu)
+        {
+            Console.Error.WriteLine($"Matrix products on {model.Device}{(world is null ? "" : $", gradients summed over {world.Backend}")}.");
+        }
+
         var trainable = model.TrainableParameters.Sum(p => (long)p.Value.Length);
         var total = model.Parameters.Sum(p => (long)p.Value.Length) + model.Layers.SelectMany(l => l.Linears()).Where(l => l.Weight is null).Sum(l => (long)l.InFeatures * l.OutFeatures);
         Console.WriteLine($"Trainable parameters: {100.0 * trainable / Math.Max(1, total):F3}% ({trainable / 1e6:F3}M/{total / 1e6:F3}M)");
@@ -88,9 +99,17 @@ internal static class LoraCommand
             $"Train loss {r.TrainLoss:F3}, Learning Rate {r.LearningRate:E3}, It/sec {r.IterationsPerSecond:F3}, Tokens/sec {r.TokensPerSecond:F3}, Trained Tokens {r.TrainedTokens}, Peak mem {r.PeakMemoryBytes / 1e9:F3} GB"));
     }
 
+    /// <summary>
+    /// With the products on GPUs the gradients are summed by NCCL (staged through each rank's GPU) unless
+    /// GRANARY_BACKEND (`granary launch --backend`) names a backend; null keeps the environment's choice.
+    /// </summary>
+    private static string? CollectiveBackendFor(TrainingDevice device) =>
+        device == TrainingDevice.Cuda && Environment.GetEnvironmentVariable(DistributedEnvironment.Backend) is null or "" or "auto" ? "nccl" : null;
+
     private static FineTuneOptions FineTuneOptionsFrom(CommandArguments arguments)
     {
         var type = arguments.Get("--fine-tune-type") ?? "lora";
+        var backend = arguments.Get("--backend") ?? "cpu";
         var rank = arguments.GetInt("--rank", 8);
         if (arguments.Get("--alpha") is not null && arguments.Get("--scale") is not null)
         {
@@ -109,6 +128,12 @@ internal static class LoraCommand
             GradientCheckpointing = arguments.Has("--grad-checkpoint"),
             Seed = arguments.GetInt("--seed", 0),
             Threads = arguments.GetInt("--threads", 0),  // ranks launched on one host divide its cores: --threads N each
+            Device = backend.ToLowerInvariant() switch
+            {
+                "cpu" => TrainingDevice.Cpu,
+                "cuda" => TrainingDevice.Cuda,
+                _ => throw new UsageException($"--backend must be cpu or cuda, not '{backend}'."),
+            },
             Lora = new LoraOptions
             {
                 Rank = rank,

@@ -409,6 +409,51 @@ public sealed unsafe class CudaBackend : IFusedDecodeBackend
         }
     }
 
+    /// <summary>
+    /// Row-major f32 product c [m, n] (+)= op(a) op(b): a is [m, k] ([k, m] when <paramref name="transposeA"/>), b is
+    /// [k, n] ([n, k] when <paramref name="transposeB"/>). Plain f32 arithmetic through cuBLASLt (no TF32), so it
+    /// matches a host f32 product to rounding: the matrix products of training (Granary.Training) run on it.
+    /// </summary>
+    public void MatrixMultiply(Tensor a, bool transposeA, Tensor b, bool transposeB, Tensor c, bool accumulate = false)
+    {
+        RequireF32(a, nameof(a));
+        RequireF32(b, nameof(b));
+        RequireF32(c, nameof(c));
+        if (a.Rank != 2 || b.Rank != 2 || c.Rank != 2)
+        {
+            throw new ArgumentException($"MatrixMultiply needs matrices; got {a}, {b} and {c}.");
+        }
+
+        var (m, k) = transposeA ? (a.Dim(1), a.Dim(0)) : (a.Dim(0), a.Dim(1));
+        var (bRows, n) = transposeB ? (b.Dim(1), b.Dim(0)) : (b.Dim(0), b.Dim(1));
+        if (bRows != k || c.Dim(0) != m || c.Dim(1) != n)
+        {
+            throw new ArgumentException(
+                $"MatrixMultiply of a{(transposeA ? "^T" : "")} {a} and b{(transposeB ? "^T" : "")} {b} cannot write {c}: needs [{m}, k] x [k, n] = [{m}, n] with equal k.");
+        }
+
+        RequireDisjoint(a, c);
+        RequireDisjoint(b, c);
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+
+        MakeCurrent();
+        if (k == 0)
+        {
+            // An empty sum: cuBLASLt takes no zero-length operands.
+            if (!accumulate)
+            {
+                Driver.Check(Driver.cuMemsetD8Async(PointerOf(c), 0, (nuint)c.ByteLength, _stream), "cuMemsetD8Async");
+            }
+
+            return;
+        }
+
+        _gemm.Multiply(PointerOf(a), transposeA, PointerOf(b), transposeB, PointerOf(c), m, n, k, DType.F32, accumulate, _stream);
+    }
+
     public void RmsNorm(Tensor input, Tensor weight, float epsilon, Tensor output)
     {
         RequireF32(input, nameof(input));

@@ -96,7 +96,7 @@ internal static unsafe class Nvrtc
     }
 }
 
-/// <summary>cuBLASLt: the GEMMs of prefill (tensor cores, f32 accumulation).</summary>
+/// <summary>cuBLASLt: the GEMMs of prefill (tensor cores, f32 accumulation) and the plain-f32 products of training.</summary>
 internal static unsafe class CublasLt
 {
     public const int CUDA_R_32F = 0;
