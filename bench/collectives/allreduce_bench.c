@@ -18,6 +18,12 @@ static double time_iterations(float *buffer, int count, int iterations)
     return MPI_Wtime() - start;
 }
 
+static int iterations_for(double seconds_each, double seconds)
+{
+    double iterations = seconds_each > 0 ? seconds / seconds_each : 1000;
+    return iterations < 3 ? 3 : iterations > 20000 ? 20000 : (int)iterations;
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -41,10 +47,11 @@ int main(int argc, char **argv)
             buffer[i] = (float)(rank + i % 7);
         }
 
-        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations. */
-        double warm = time_iterations(buffer, count, 3) / 3;
-        int iterations = warm > 0 ? (int)(min_seconds / warm) : 1000;
-        iterations = iterations < 3 ? 3 : iterations > 20000 ? 20000 : iterations;
+        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations; a warm-up of
+           up to 0.2 s comes first (the same rule as the Granary side). */
+        int iterations = iterations_for(time_iterations(buffer, count, 3) / 3, min_seconds < 0.2 ? min_seconds : 0.2);
+        MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        iterations = iterations_for(time_iterations(buffer, count, iterations) / iterations, min_seconds);
         MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
 
         double mean = time_iterations(buffer, count, iterations) / iterations;

@@ -153,6 +153,19 @@ public class FaultTests
     }
 
     [Fact]
+    public void RefusedDataConnectionNamesThePeer()
+    {
+        using var listener = DataPlaneListener.Bind("127.0.0.1");
+        DataPlanePeer[] peers = [new("127.0.0.1", RankHarness.FreePort(), listener.Endpoint.HostId), listener.Endpoint];
+        var options = RankHarness.Options(1, 2, RankHarness.FreePort(), "tcp");
+        var watch = Stopwatch.StartNew();
+        var error = Assert.Throws<CollectiveException>(() => Group.Init(options, listener, peers, Guid.NewGuid()));
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5));
+        Assert.Equal(0, error.PeerRank);
+        Assert.Contains("cannot connect to rank 0", error.Message);
+    }
+
+    [Fact]
     public void MissingRankIsNamedByTheCoordinator()
     {
         var options = RankHarness.Options(0, 3, RankHarness.FreePort(), "ring");

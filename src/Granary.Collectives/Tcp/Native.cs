@@ -19,6 +19,16 @@ internal static partial class Native
     [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
     public static unsafe partial int Poll(PollFd* fds, nuint count, int timeoutMilliseconds);
 
+    /// <summary>
+    /// Whether <paramref name="socket"/> is ready for <paramref name="events"/> or has failed, without waiting; also
+    /// true when poll itself fails, leaving the next socket call to report the error (or to find it not ready yet).
+    /// </summary>
+    public static unsafe bool IsReady(System.Net.Sockets.Socket socket, short events)
+    {
+        var fd = new PollFd { Fd = (int)socket.SafeHandle.DangerousGetHandle(), Events = events };
+        return Poll(&fd, 1, 0) != 0;
+    }
+
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
 

@@ -9,6 +9,9 @@ namespace Granary.Collectives.Tcp;
 /// Connections between every pair of ranks (<see cref="CollectiveOptions.SocketsPerPeer"/> each), formed through the
 /// coordinator: rank 0 collects every rank's data listener address and hands out the table, then rank j connects to
 /// every rank i &lt; j. Sockets are non-blocking afterwards and driven by <see cref="TransferEngine"/>.
+/// The data connections are formed without async socket calls: the first one that has to wait registers the socket
+/// with .NET's socket engine for good, and from then on every message that arrives wakes the engine's thread, which
+/// hands the event to a thread-pool worker: two thread hand-offs per message, competing with the ranks for cores.
 /// </summary>
 internal sealed class TcpFabric : IDisposable
 {
@@ -285,6 +288,7 @@ internal sealed class TcpFabric : IDisposable
                         peerRank: absent.First(), operation: "Init");
                 }
 
+                connection.Blocking = false;
                 var hello = await ReadMessageAsync(connection, cancel);
                 var (rank, size, address, port, hostId) = ParseHello(hello);
                 if (size != options.WorldSize || rank <= 0 || rank >= options.WorldSize || table[rank] is not null)
@@ -331,6 +335,7 @@ internal sealed class TcpFabric : IDisposable
             try
             {
                 await socket.ConnectAsync(host, port, cancel);
+                socket.Blocking = false;
                 var advertised = options.Hosts?[options.Rank].Ips.FirstOrDefault() ?? ((IPEndPoint)socket.LocalEndPoint!).Address.ToString();
                 var hello = new MessageWriter();
                 hello.Write(options.Rank);
@@ -374,7 +379,9 @@ internal sealed class TcpFabric : IDisposable
         var expected = (options.WorldSize - 1 - options.Rank) * options.SocketsPerPeer;
         while (expected > 0)
         {
+            // Only the listener joins .NET's socket engine; the accepted socket is read by polling.
             var connection = await listener.AcceptAsync(cancel);
+            connection.Blocking = false;
             var header = new MessageReader(await ReadMessageAsync(connection, cancel));
             var valid = header.ReadInt() == Magic & new Guid(header.ReadBytes(16)) == jobId;
             var peer = header.ReadInt();
@@ -397,13 +404,22 @@ internal sealed class TcpFabric : IDisposable
         {
             // Buffer sizes must be set before connecting for the TCP window scale to take them into account.
             Tune(socket, options);
-            await socket.ConnectAsync(IPAddress.Parse(address.Address), address.Port, cancel);
+            socket.Blocking = false;
+            try
+            {
+                socket.Connect(IPAddress.Parse(address.Address), address.Port);
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+            {
+                // Still connecting: the header's send waits for it and reports a failed connect.
+            }
+
             var header = new MessageWriter();
             header.Write(Magic);
             header.Write(jobId.ToByteArray());
             header.Write(options.Rank);
             header.Write(index);
-            await socket.SendAsync(header.ToMessage(), cancel);
+            await SendExactlyAsync(socket, header.ToMessage(), cancel);
             sockets[peer][index] = socket;
         }
         catch (SocketException e)
@@ -427,7 +443,7 @@ internal sealed class TcpFabric : IDisposable
         return (reader.ReadInt(), reader.ReadInt(), reader.ReadString(), reader.ReadInt(), reader.ReadString());
     }
 
-    /// <summary>Reads one length-prefixed setup message.</summary>
+    /// <summary>Reads one length-prefixed setup message from a non-blocking socket.</summary>
     private static async Task<byte[]> ReadMessageAsync(Socket socket, CancellationToken cancel)
     {
         var length = new byte[4];
@@ -447,13 +463,56 @@ internal sealed class TcpFabric : IDisposable
     {
         while (buffer.Length > 0)
         {
-            var n = await socket.ReceiveAsync(buffer, cancel);
+            var n = socket.Receive(buffer.Span, SocketFlags.None, out var error);
+            if (error == SocketError.WouldBlock)
+            {
+                await WaitUntilReadyAsync(socket, Native.PollIn, cancel);
+                continue;
+            }
+
+            if (error != SocketError.Success)
+            {
+                throw new SocketException((int)error);
+            }
+
             if (n == 0)
             {
                 throw new IOException($"{socket.RemoteEndPoint} closed the connection during group setup.");
             }
 
             buffer = buffer[n..];
+        }
+    }
+
+    private static async Task SendExactlyAsync(Socket socket, ReadOnlyMemory<byte> buffer, CancellationToken cancel)
+    {
+        while (buffer.Length > 0)
+        {
+            var n = socket.Send(buffer.Span, SocketFlags.None, out var error);
+            if (error == SocketError.WouldBlock)
+            {
+                await WaitUntilReadyAsync(socket, Native.PollOut, cancel);
+                continue;
+            }
+
+            if (error != SocketError.Success)
+            {
+                throw new SocketException((int)error);
+            }
+
+            buffer = buffer[n..];
+        }
+    }
+
+    /// <summary>
+    /// Waits for a non-blocking socket to become ready (or fail) by polling it each millisecond instead of through an
+    /// async socket call, which would register it with .NET's socket engine (see the class summary). Setup happens once.
+    /// </summary>
+    private static async Task WaitUntilReadyAsync(Socket socket, short events, CancellationToken cancel)
+    {
+        while (!Native.IsReady(socket, events))
+        {
+            await Task.Delay(1, cancel);
         }
     }
 
