@@ -45,6 +45,36 @@ public class AllReduceTests
     }
 
     [Theory]
+    [InlineData("shm", 2)]
+    [InlineData("shm", 3)]
+    [InlineData("tcp", 3)]
+    public void BackToBackSmallAllSumsEachGetTheirOwnSum(string backend, int size)
+    {
+        // Sizes under and over the in-line slot of shared memory, alternating, with new values every time: a slot
+        // reused before every peer read it would mix two all-sums.
+        RankHarness.RunAll(size, backend, group =>
+        {
+            for (var iteration = 0; iteration < 3000; iteration++)
+            {
+                var length = 1 + (iteration % 9);
+                var buffer = new float[length];
+                var expected = new float[length];
+                for (var i = 0; i < length; i++)
+                {
+                    buffer[i] = (group.Rank * 1000) + iteration + i;
+                    for (var r = 0; r < size; r++)
+                    {
+                        expected[i] += (r * 1000) + iteration + i;
+                    }
+                }
+
+                group.AllSum<float>(buffer);
+                Assert.Equal(expected, buffer);
+            }
+        });
+    }
+
+    [Theory]
     [InlineData("ring", 3)]
     [InlineData("mesh", 3)]
     [InlineData("shm", 3)]

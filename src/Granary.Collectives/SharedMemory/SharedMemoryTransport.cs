@@ -20,6 +20,13 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
     private const int ProcessIdOffset = 64;
     private const int AbortedOffset = 128;
 
+    /// <summary>
+    /// All-reduces of at most this many bytes put their data in the sequence number's own cache line (one slot per
+    /// window parity, after the 8-byte sequence), so a peer gets the data with the line that says it is there: one
+    /// cache-line transfer per peer instead of two.
+    /// </summary>
+    private const int InlineBytes = 24;
+
     /// <summary>How long a waiting rank keeps yielding before it starts to sleep.</summary>
     private static readonly TimeSpan YieldPhase = TimeSpan.FromMicroseconds(500);
 
@@ -123,6 +130,12 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
                 if (buffer.Length <= Math.Min(OneExchangeBytes, _windowBytes))
                 {
                     var whole = BeginWindow();
+                    if (buffer.Length <= InlineBytes)
+                    {
+                        // Reused every other window, like the window buffers, so BeginWindow guards it the same way.
+                        whole = SequenceOffset + sizeof(long) + ((_window & 1) * InlineBytes);
+                    }
+
                     Buffer.MemoryCopy(data, Own + whole, buffer.Length, buffer.Length);
                     PublishAndWait(1);
                     for (var q = 0; q < Size; q++)
@@ -398,8 +411,9 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
             // spinning rank steals the peer's time.
             if (spinning)
             {
-                Thread.SpinWait(8);
-                if ((iteration & 63) == 63)
+                // The shortest spin: the peer's write is noticed within one normalised spin (~35 ns), not eight.
+                Thread.SpinWait(1);
+                if ((iteration & 511) == 511)
                 {
                     spinning = _spinLonger && Stopwatch.GetElapsedTime(started) < SpinPhase;
                 }
