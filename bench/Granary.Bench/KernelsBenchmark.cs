@@ -26,7 +26,7 @@ internal static class KernelsBenchmark
         var threads = arguments.Length > 0 ? int.Parse(arguments[0], System.Globalization.CultureInfo.InvariantCulture) : Environment.ProcessorCount;
         Console.WriteLine($"CPU kernels, {threads} threads, {Environment.ProcessorCount} processors");
         var bandwidth = MemoryBandwidth.Measure(threads);
-        Console.WriteLine($"Memory read bandwidth: {bandwidth.GigabytesPerSecond:F1} GB/s (best of 5 passes over {bandwidth.BufferBytes >> 20} MiB)");
+        Console.WriteLine($"Memory read bandwidth: {bandwidth.GigabytesPerSecond:F1} GB/s (best pass over {bandwidth.BufferBytes >> 20} MiB: {bandwidth.Method})");
         Console.WriteLine();
         Console.WriteLine($"{"GEMV n=1",-14} {"weight",-7} {"MiB",8} {"us/call",10} {"GB/s",8} {"roofline",9}");
         using var backend = new CpuBackend(threads);

@@ -484,7 +484,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         var job = CreateJob(weight, x, tokens, y);
         var decode = tokens == 1;
         var rowsPerItem = decode
-            ? (int)Math.Max(4, ((weight.OutFeatures / (Threads * 8L)) + 3) / 4 * 4)
+            ? LinearKernels.DecodeRows(weight.WeightBytes / Math.Max(1, weight.OutFeatures))
             : LinearKernels.TileRows(weight.InFeatures);
         job.RowsPerItem = rowsPerItem;
         var items = (weight.OutFeatures + rowsPerItem - 1) / rowsPerItem;

@@ -42,6 +42,15 @@ internal static unsafe class LinearKernels
     /// <summary>How many rows ahead the quantized decode prefetches.</summary>
     private const int QuantizedPrefetchRows = 4;
 
+    /// <summary>
+    /// Weight bytes per decode work item: small enough that the join at the end of a GEMV waits for little, large
+    /// enough that claiming an item (one uncontended compare-exchange, see <see cref="WorkerPool"/>) costs under 1%.
+    /// </summary>
+    private const int DecodeItemBytes = 32 * 1024;
+
+    /// <summary>Output rows per decode work item, a multiple of 4 (the GEMV's row group).</summary>
+    public static int DecodeRows(long rowBytes) => (int)Math.Max(4, DecodeItemBytes / Math.Max(1, rowBytes) / 4 * 4);
+
     public static int TileRows(int inFeatures) => Math.Clamp(TileBytes / (Math.Max(1, inFeatures) * sizeof(float)) / 4 * 4, 4, 64);
 
     public static void DenseDecode<T>(void* arguments, int item)
@@ -50,7 +59,15 @@ internal static unsafe class LinearKernels
         ref var job = ref *(LinearJob*)arguments;
         var (first, end) = Rows(ref job, item);
         var xBlocks = T.Interleaved && job.PreparedInput != null ? job.PreparedInput : job.Input;
-        DenseKernels.Gemv<T>(job.Weight, job.InFeatures, job.Input, xBlocks, job.Output, first, end);
+        if (T.ElementSize == 2 && Avx512F.IsSupported)
+        {
+            DenseKernels.GemvSequential<T>(job.Weight, job.InFeatures, job.Input, xBlocks, job.Output, first, end);
+        }
+        else
+        {
+            DenseKernels.Gemv<T>(job.Weight, job.InFeatures, job.Input, xBlocks, job.Output, first, end);
+        }
+
         AddBias(ref job, job.Output, first, end);
     }
 

@@ -6,22 +6,29 @@ namespace Granary.Tensors.Cpu;
 /// Persistent worker threads with a low-overhead fork/join: the caller publishes a job (a function pointer and a
 /// pointer to its arguments), works on it itself, and waits for the workers. Idle workers spin briefly before
 /// blocking, so back-to-back decode kernels (tens of microseconds each) do not pay a kernel wake-up each time.
-/// Work items are claimed dynamically from a shared counter. One job runs at a time. When the caller runs out of items
-/// it closes the job and waits only for workers already inside it: a worker the OS has not scheduled yet (an
-/// oversubscribed machine) joins nothing late and never holds the caller up.
+/// Each thread owns a contiguous run of the items and claims them front to back, so it streams adjacent memory (its
+/// prefetches run ahead into its own next item) and its claims touch only its own cache line; a thread that runs dry
+/// steals the back half of another's run, so items can be small and the join waits for little more than one item.
+/// One job runs at a time. When the caller finds no item left it closes the job and waits only for workers already
+/// inside it: a worker the OS has not scheduled yet (an oversubscribed machine) joins nothing late and never holds the
+/// caller up.
 /// </summary>
 internal sealed unsafe class WorkerPool : IDisposable
 {
     private const int SpinIterationsBeforeBlocking = 5_000;
 
+    // Longs from one thread's run to the next: 128 bytes, so no two runs share a cache line or an adjacent-line prefetch.
+    private const int RangeStride = 16;
+
     private readonly Thread[] _threads;
     private readonly object _gate = new();
     private readonly object _submitLock = new();
 
+    // Per thread (the caller is 0), its unclaimed items [front, back) packed as front << 32 | back.
+    private readonly long[] _ranges;
+
     private delegate*<void*, int, void> _work;
     private void* _arguments;
-    private int _itemCount;
-    private int _nextItem;
     private int _activeWorkers;
     private long _generation;
     private long _openGeneration = -1;
@@ -37,10 +44,12 @@ internal sealed unsafe class WorkerPool : IDisposable
         }
 
         ThreadCount = threads;
+        _ranges = new long[threads * RangeStride];
         _threads = new Thread[threads - 1];
         for (var i = 0; i < _threads.Length; i++)
         {
-            _threads[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"Granary CPU worker {i + 1}" };
+            var participant = i + 1;
+            _threads[i] = new Thread(() => WorkerLoop(participant)) { IsBackground = true, Name = $"Granary CPU worker {participant}" };
             _threads[i].Start();
         }
     }
@@ -71,8 +80,11 @@ internal sealed unsafe class WorkerPool : IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             _work = work;
             _arguments = arguments;
-            _itemCount = itemCount;
-            _nextItem = 0;
+            for (var t = 0; t < ThreadCount; t++)
+            {
+                _ranges[t * RangeStride] = Pack((int)((long)itemCount * t / ThreadCount), (int)((long)itemCount * (t + 1) / ThreadCount));
+            }
+
             var generation = _generation + 1;
             Volatile.Write(ref _openGeneration, generation);
             Interlocked.Increment(ref _generation);
@@ -84,7 +96,7 @@ internal sealed unsafe class WorkerPool : IDisposable
                 }
             }
 
-            DrainItems();
+            DrainItems(0);
             Interlocked.Exchange(ref _openGeneration, -1);
             var spinner = default(SpinWait);
             while (Volatile.Read(ref _activeWorkers) != 0)
@@ -117,29 +129,85 @@ internal sealed unsafe class WorkerPool : IDisposable
         }
     }
 
-    private void DrainItems()
+    private static long Pack(int front, int back) => ((long)front << 32) | (uint)back;
+
+    private void DrainItems(int participant)
     {
         var work = _work;
         var arguments = _arguments;
-        var count = _itemCount;
-        int item;
         try
         {
-            while ((item = Interlocked.Increment(ref _nextItem) - 1) < count)
+            do
             {
-                work(arguments, item);
+                int item;
+                while ((item = ClaimFront(participant)) >= 0)
+                {
+                    work(arguments, item);
+                }
             }
+            while (StealInto(participant));
         }
         catch (Exception exception)
         {
             // The arguments live on the submitter's stack: it must not unwind before every worker is done,
             // so the failure is carried back and rethrown there; the remaining items are skipped.
             Interlocked.CompareExchange(ref _failure, ExceptionDispatchInfo.Capture(exception), null);
-            Volatile.Write(ref _nextItem, count);
         }
     }
 
-    private void WorkerLoop()
+    /// <summary>The first unclaimed item of the participant's own run, or -1 when it is empty (or the job failed).</summary>
+    private int ClaimFront(int participant)
+    {
+        ref var range = ref _ranges[participant * RangeStride];
+        while (Volatile.Read(ref _failure) is null)
+        {
+            var current = Volatile.Read(ref range);
+            var (front, back) = ((int)(current >> 32), (int)current);
+            if (front >= back)
+            {
+                return -1;
+            }
+
+            if (Interlocked.CompareExchange(ref range, Pack(front + 1, back), current) == current)
+            {
+                return front;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>
+    /// Moves the back half (at least one item) of another participant's run into this one's empty run; false when
+    /// every run is empty. Only a run's owner makes it non-empty, so the plain write cannot race with another thief.
+    /// </summary>
+    private bool StealInto(int participant)
+    {
+        for (var offset = 1; offset < ThreadCount; offset++)
+        {
+            ref var range = ref _ranges[((participant + offset) % ThreadCount) * RangeStride];
+            while (Volatile.Read(ref _failure) is null)
+            {
+                var current = Volatile.Read(ref range);
+                var (front, back) = ((int)(current >> 32), (int)current);
+                if (front >= back)
+                {
+                    break;
+                }
+
+                var middle = front + ((back - front) / 2);
+                if (Interlocked.CompareExchange(ref range, Pack(front, middle), current) == current)
+                {
+                    Volatile.Write(ref _ranges[participant * RangeStride], Pack(middle, back));
+                    return true;
+                }
+            }
+        }
+
+        return false;
+    }
+
+    private void WorkerLoop(int participant)
     {
         var seen = Volatile.Read(ref _generation);
         while (true)
@@ -155,7 +223,7 @@ internal sealed unsafe class WorkerPool : IDisposable
             Interlocked.Increment(ref _activeWorkers);
             if (Volatile.Read(ref _openGeneration) == seen)
             {
-                DrainItems();
+                DrainItems(participant);
             }
 
             Interlocked.Decrement(ref _activeWorkers);
