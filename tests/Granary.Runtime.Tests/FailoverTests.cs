@@ -30,38 +30,13 @@ public sealed class FailoverTests(BuiltInModelCluster cluster, ITestOutputHelper
         var promptIds = PromptIds();
         var expected = GenerateInProcess(promptIds);
         output.WriteLine($"{clock.Elapsed}: in-process reference done");
-        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        await cluster.WaitForStatusAsync(ClusterWaits.ActiveSilos(2), TimeSpan.FromSeconds(60));
         await cluster.Client.UnloadModelAsync(cluster.Model);
         var plan = await cluster.Client.LoadModelAsync(cluster.Model);
         Assert.Equal("beta", plan.Leader.Shard.SiloName);
         output.WriteLine($"{clock.Elapsed}: loaded on beta");
 
-        var tokens = new List<int>();
-        GenerationSummary? summary = null;
-        var killedAfter = -1;
-        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(3));
-        await foreach (var chunk in cluster.Client.StreamAsync(cluster.Model, Job(promptIds), deadline.Token))
-        {
-            if (chunk.HasToken)
-            {
-                tokens.Add(chunk.TokenId);
-            }
-
-            summary = chunk.Summary ?? summary;
-            if (killedAfter < 0 && tokens.Count >= 4)
-            {
-                killedAfter = tokens.Count;
-                cluster.Beta.Kill();
-                output.WriteLine($"{clock.Elapsed}: killed beta after {killedAfter} tokens");
-            }
-        }
-
-        output.WriteLine($"{clock.Elapsed}: stream finished");
-        Assert.True(killedAfter > 0 && killedAfter < MaxTokens, $"beta was killed after {killedAfter} tokens");
-        Assert.NotNull(summary);
-        Assert.Equal(1, summary.Failovers);
-        Assert.Equal(expected, tokens);
-        Assert.Equal((promptIds.Length, MaxTokens), (summary.PromptTokens, summary.GeneratedTokens));
+        await cluster.StreamKillingBetaMidAnswerAsync(Job(promptIds), expected, output, clock);
 
         var afterKill = await cluster.WaitForStatusAsync(status => status.Silos.Single(silo => silo.SiloName == "beta").Status == "Dead", TimeSpan.FromSeconds(30));
         Assert.Equal("alpha", Assert.Single(afterKill.Models).Leader.Shard.SiloName);
@@ -71,7 +46,7 @@ public sealed class FailoverTests(BuiltInModelCluster cluster, ITestOutputHelper
         // A silo that comes back is used by the next plan.
         await cluster.StartBetaAsync();
         output.WriteLine($"{clock.Elapsed}: beta restarted");
-        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        await cluster.WaitForStatusAsync(ClusterWaits.ActiveSilos(2), TimeSpan.FromSeconds(60));
         await cluster.Client.UnloadModelAsync(cluster.Model);
         var replanned = await cluster.Client.LoadModelAsync(cluster.Model);
         Assert.Equal("beta", replanned.Leader.Shard.SiloName);
@@ -83,7 +58,7 @@ public sealed class FailoverTests(BuiltInModelCluster cluster, ITestOutputHelper
     [Fact]
     public async Task Cancelling_a_stream_stops_the_generation_on_its_silo()
     {
-        await cluster.WaitForStatusAsync(status => status.Silos.Count(silo => silo.Status == "Active" && silo.Host is not null) == 2, TimeSpan.FromSeconds(60));
+        await cluster.WaitForStatusAsync(ClusterWaits.ActiveSilos(2), TimeSpan.FromSeconds(60));
         using var cancel = new CancellationTokenSource();
         var received = 0;
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>

@@ -4,8 +4,9 @@ using Orleans.TestingHost;
 
 namespace Granary.Runtime.Tests;
 
-/// <summary>A two-silo in-process test cluster shared by the tests of one collection.</summary>
-public sealed class InProcessCluster : IAsyncLifetime
+/// <summary>Two in-process silos configured by <typeparamref name="TConfigurator"/>, with access to their model hosts.</summary>
+public abstract class TwoInProcessSilos<TConfigurator> : IAsyncLifetime
+    where TConfigurator : ISiloConfigurator, new()
 {
     public TestCluster Cluster { get; private set; } = null!;
 
@@ -14,7 +15,7 @@ public sealed class InProcessCluster : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var builder = new TestClusterBuilder(2);
-        builder.AddSiloBuilderConfigurator<GranarySiloConfigurator>();
+        builder.AddSiloBuilderConfigurator<TConfigurator>();
         Cluster = builder.Build();
         await Cluster.DeployAsync().WaitAsync(TimeSpan.FromMinutes(2));
     }
@@ -27,8 +28,12 @@ public sealed class InProcessCluster : IAsyncLifetime
         var silo = Cluster.Silos.OfType<InProcessSiloHandle>().Single(silo => silo.Name == siloName);
         return silo.SiloHost.Services.GetRequiredService<ModelHost>();
     }
+}
 
-    private sealed class GranarySiloConfigurator : ISiloConfigurator
+/// <summary>A two-silo in-process test cluster shared by the tests of one collection.</summary>
+public sealed class InProcessCluster : TwoInProcessSilos<InProcessCluster.GranarySiloConfigurator>
+{
+    public sealed class GranarySiloConfigurator : ISiloConfigurator
     {
         public void Configure(ISiloBuilder siloBuilder) => siloBuilder.AddGranary(modelHost => modelHost.Threads = 1);
     }

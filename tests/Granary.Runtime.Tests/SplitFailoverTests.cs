@@ -43,32 +43,7 @@ public sealed class TensorParallelFailoverTests(TensorParallelProcessCluster clu
         Assert.Equal(expected[..12], clean.Tokens);
         output.WriteLine($"{clock.Elapsed}: clean run {clean.Summary.GenerationTokensPerSecond:F1} tokens/s");
 
-        var tokens = new List<int>();
-        GenerationSummary? summary = null;
-        var killedAfter = -1;
-        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(3));
-        await foreach (var chunk in cluster.Client.StreamAsync(cluster.Model, Job(promptIds, MaxTokens), deadline.Token))
-        {
-            if (chunk.HasToken)
-            {
-                tokens.Add(chunk.TokenId);
-            }
-
-            summary = chunk.Summary ?? summary;
-            if (killedAfter < 0 && tokens.Count >= 4)
-            {
-                killedAfter = tokens.Count;
-                cluster.Beta.Kill();
-                output.WriteLine($"{clock.Elapsed}: killed beta after {killedAfter} tokens");
-            }
-        }
-
-        output.WriteLine($"{clock.Elapsed}: stream finished");
-        Assert.True(killedAfter > 0 && killedAfter < MaxTokens, $"beta was killed after {killedAfter} tokens");
-        Assert.NotNull(summary);
-        Assert.Equal(1, summary.Failovers);
-        Assert.Equal(expected, tokens);
-        Assert.Equal((promptIds.Length, MaxTokens), (summary.PromptTokens, summary.GeneratedTokens));
+        await cluster.StreamKillingBetaMidAnswerAsync(Job(promptIds, MaxTokens), expected, output, clock);
 
         var afterKill = await cluster.WaitForStatusAsync(status => status.Silos.Single(silo => silo.SiloName == "beta").Status == "Dead", TimeSpan.FromSeconds(30));
         var survivorPlan = Assert.Single(afterKill.Models);

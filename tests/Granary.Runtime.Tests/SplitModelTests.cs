@@ -6,30 +6,10 @@ using Orleans.TestingHost;
 namespace Granary.Runtime.Tests;
 
 /// <summary>A two-silo in-process cluster whose coordinators split every model with the layout <typeparamref name="TLayout"/> names.</summary>
-public abstract class SplitCluster<TLayout> : IAsyncLifetime
+public abstract class SplitCluster<TLayout> : TwoInProcessSilos<SplitCluster<TLayout>.Configurator>
     where TLayout : ILayoutChoice
 {
-    public TestCluster Cluster { get; private set; } = null!;
-
-    public IReadOnlyList<string> SiloNames => [.. Cluster.Silos.Select(silo => silo.Name)];
-
-    public async Task InitializeAsync()
-    {
-        var builder = new TestClusterBuilder(2);
-        builder.AddSiloBuilderConfigurator<Configurator>();
-        Cluster = builder.Build();
-        await Cluster.DeployAsync().WaitAsync(TimeSpan.FromMinutes(2));
-    }
-
-    public async Task DisposeAsync() => await Cluster.DisposeAsync();
-
-    public ModelHost ModelHostOf(string siloName)
-    {
-        var silo = Cluster.Silos.OfType<InProcessSiloHandle>().Single(silo => silo.Name == siloName);
-        return silo.SiloHost.Services.GetRequiredService<ModelHost>();
-    }
-
-    private sealed class Configurator : ISiloConfigurator
+    public sealed class Configurator : ISiloConfigurator
     {
         public void Configure(ISiloBuilder siloBuilder) => siloBuilder.AddGranary(
             modelHost => modelHost.Threads = 1,

@@ -1,6 +1,8 @@
+using System.Diagnostics;
 using Granary.Abstractions;
 using Granary.Client;
 using Granary.Models.BuiltIn;
+using Xunit.Abstractions;
 
 namespace Granary.Runtime.Tests;
 
@@ -57,6 +59,40 @@ public abstract class TwoSiloProcessCluster : IAsyncLifetime
 
         Beta?.Dispose();
         Alpha?.Dispose();
+    }
+
+    /// <summary>
+    /// Streams <paramref name="job"/> through alpha and SIGKILLs beta once four tokens have arrived: the stream must
+    /// still end with <paramref name="expected"/>, after exactly one failover, with the job's usage counts.
+    /// </summary>
+    public async Task StreamKillingBetaMidAnswerAsync(GenerationJob job, int[] expected, ITestOutputHelper output, Stopwatch clock)
+    {
+        var tokens = new List<int>();
+        GenerationSummary? summary = null;
+        var killedAfter = -1;
+        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        await foreach (var chunk in Client.StreamAsync(Model, job, deadline.Token))
+        {
+            if (chunk.HasToken)
+            {
+                tokens.Add(chunk.TokenId);
+            }
+
+            summary = chunk.Summary ?? summary;
+            if (killedAfter < 0 && tokens.Count >= 4)
+            {
+                killedAfter = tokens.Count;
+                Beta.Kill();
+                output.WriteLine($"{clock.Elapsed}: killed beta after {killedAfter} tokens");
+            }
+        }
+
+        output.WriteLine($"{clock.Elapsed}: stream finished");
+        Assert.True(killedAfter > 0 && killedAfter < job.MaxTokens, $"beta was killed after {killedAfter} tokens");
+        Assert.NotNull(summary);
+        Assert.Equal(1, summary.Failovers);
+        Assert.Equal(expected, tokens);
+        Assert.Equal((job.Prompt.TokenIds!.Length, job.MaxTokens), (summary.PromptTokens, summary.GeneratedTokens));
     }
 
     public Task<ClusterStatus> WaitForStatusAsync(Func<ClusterStatus, bool> condition, TimeSpan timeout) =>
