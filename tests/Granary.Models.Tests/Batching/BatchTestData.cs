@@ -33,6 +33,18 @@ internal static class BatchTestData
         StopAtEndOfSequence = false,
     };
 
+    /// <summary>Every token of a batching engine's stream, once it ends.</summary>
+    public static async Task<GeneratedToken[]> Collect(IAsyncEnumerable<GeneratedToken> stream)
+    {
+        var tokens = new List<GeneratedToken>();
+        await foreach (var token in stream)
+        {
+            tokens.Add(token);
+        }
+
+        return [.. tokens];
+    }
+
     /// <summary>What <see cref="TextGenerator"/> streams for each request run alone.</summary>
     public static GeneratedToken[][] OneAtATime(CausalLanguageModel model, ITextTokenizer? tokenizer, IReadOnlyList<GenerationRequest> requests) =>
         [.. requests.Select(r => new TextGenerator(model, tokenizer, new HashSet<int>()).Generate(r).ToArray())];

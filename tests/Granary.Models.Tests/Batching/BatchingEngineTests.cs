@@ -51,7 +51,7 @@ public sealed class BatchingEngineTests : IDisposable
         // Four slots for six requests and 8-token prefill chunks: requests queue, join mid-run and prefill between decode steps.
         await using var engine = NewEngine(new BatchingOptions { MaxBatchSize = 4, PrefillChunkTokens = 8 });
         var statistics = requests.Select(_ => new GenerationStatistics()).ToArray();
-        var streams = requests.Select((r, i) => Collect(engine.GenerateAsync(r, statistics[i]))).ToArray();
+        var streams = requests.Select((r, i) => BatchTestData.Collect(engine.GenerateAsync(r, statistics[i]))).ToArray();
         var actual = await Task.WhenAll(streams).WaitAsync(Limit);
 
         for (var i = 0; i < requests.Length; i++)
@@ -92,7 +92,7 @@ public sealed class BatchingEngineTests : IDisposable
         }
 
         // The second request runs to its end while the first (thousands of tokens to go) keeps decoding beside it.
-        Assert.Equal(expectedJoining, await Collect(engine.GenerateAsync(joining)).WaitAsync(Limit));
+        Assert.Equal(expectedJoining, await BatchTestData.Collect(engine.GenerateAsync(joining)).WaitAsync(Limit));
         Assert.Equal(1, engine.Snapshot().RunningSequences);
 
         // The first one's consumer goes away: the sequence leaves at the next token boundary.
@@ -125,9 +125,9 @@ public sealed class BatchingEngineTests : IDisposable
         Assert.True(await running.MoveNextAsync().AsTask().WaitAsync(Limit));
 
         // One slot, taken; one place in the queue, taken by the next request; the one after is turned away.
-        var queued = Collect(engine.GenerateAsync(waiting));
+        var queued = BatchTestData.Collect(engine.GenerateAsync(waiting));
         await WaitUntil(() => engine.Snapshot().QueuedRequests == 1);
-        var refused = await Assert.ThrowsAsync<BatchingQueueFullException>(() => Collect(engine.GenerateAsync(waiting)));
+        var refused = await Assert.ThrowsAsync<BatchingQueueFullException>(() => BatchTestData.Collect(engine.GenerateAsync(waiting)));
         Assert.Equal(1, refused.QueuedRequests);
         Assert.False(queued.IsCompleted);
 
@@ -145,17 +145,17 @@ public sealed class BatchingEngineTests : IDisposable
         await using var engine = NewEngine(new BatchingOptions());
         var prompt = _reference.PromptIds;
         var first = BatchTestData.Greedy(prompt, 8);
-        var firstTokens = await Collect(engine.GenerateAsync(first)).WaitAsync(Limit);
+        var firstTokens = await BatchTestData.Collect(engine.GenerateAsync(first)).WaitAsync(Limit);
 
         // The same prompt again: all but its last token come from the cache.
-        var again = await Collect(engine.GenerateAsync(first)).WaitAsync(Limit);
+        var again = await BatchTestData.Collect(engine.GenerateAsync(first)).WaitAsync(Limit);
         Assert.Equal(firstTokens, again);
 
         // A follow-up turn: the prompt, four generated tokens and one new token. The cache holds all of them but the new one.
         int[] followUp = [.. prompt, .. firstTokens[..4].Select(t => t.Id), 7];
         var next = BatchTestData.Sampled(followUp, 10, seed: 2);
         var expectedNext = BatchTestData.OneAtATime(_loaded.Model, _tokenizer, [next])[0];
-        Assert.Equal(expectedNext, await Collect(engine.GenerateAsync(next)).WaitAsync(Limit));
+        Assert.Equal(expectedNext, await BatchTestData.Collect(engine.GenerateAsync(next)).WaitAsync(Limit));
 
         var snapshot = engine.Snapshot();
         Assert.Equal(2, snapshot.PromptCacheHits);
@@ -177,7 +177,7 @@ public sealed class BatchingEngineTests : IDisposable
         Assert.Throws<ArgumentOutOfRangeException>(() => new BatchingOptions { MaxBatchSize = 0 }.Validate());
 
         // max_tokens 0 produces nothing, as TextGenerator does.
-        Assert.Empty(await Collect(engine.GenerateAsync(BatchTestData.Greedy(_reference.PromptIds, 0))));
+        Assert.Empty(await BatchTestData.Collect(engine.GenerateAsync(BatchTestData.Greedy(_reference.PromptIds, 0))));
     }
 
     [Fact]
@@ -200,17 +200,6 @@ public sealed class BatchingEngineTests : IDisposable
     }
 
     private BatchingEngine NewEngine(BatchingOptions options) => new(_loaded.Model, _tokenizer, new HashSet<int>(), options);
-
-    private static async Task<GeneratedToken[]> Collect(IAsyncEnumerable<GeneratedToken> stream)
-    {
-        var tokens = new List<GeneratedToken>();
-        await foreach (var token in stream)
-        {
-            tokens.Add(token);
-        }
-
-        return [.. tokens];
-    }
 
     private static async Task WaitUntil(Func<bool> condition)
     {

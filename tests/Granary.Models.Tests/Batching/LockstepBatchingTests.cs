@@ -62,9 +62,9 @@ public sealed class LockstepBatchingTests
                 loaded, groups.World, TimeSpan.FromMilliseconds(500), new BatchingOptions { MaxBatchSize = 4, PrefillChunkTokens = 8 });
             try
             {
-                var streams = requests.Select(r => Collect(engine.GenerateAsync(r))).ToArray();
+                var streams = requests.Select(r => BatchTestData.Collect(engine.GenerateAsync(r))).ToArray();
                 var first = Task.WhenAll(streams).WaitAsync(Limit).GetAwaiter().GetResult();
-                var again = Collect(engine.GenerateAsync(BatchTestData.Greedy(extended, 5))).WaitAsync(Limit).GetAwaiter().GetResult();
+                var again = BatchTestData.Collect(engine.GenerateAsync(BatchTestData.Greedy(extended, 5))).WaitAsync(Limit).GetAwaiter().GetResult();
                 return new LeaderResult([.. first, again], engine.Snapshot());
             }
             finally
@@ -112,7 +112,7 @@ public sealed class LockstepBatchingTests
 
             // Idle for over twice the group's timeout: the pulses keep the follower waiting.
             Thread.Sleep(timeout * 2.5);
-            var tokens = Collect(engine.GenerateAsync(request)).WaitAsync(Limit).GetAwaiter().GetResult();
+            var tokens = BatchTestData.Collect(engine.GenerateAsync(request)).WaitAsync(Limit).GetAwaiter().GetResult();
 
             // The leader goes away without a word (its connections close, as when its process dies).
             var clock = Stopwatch.StartNew();
@@ -144,11 +144,11 @@ public sealed class LockstepBatchingTests
             var engine = BatchingEngine.CreateLockstepLeader(loaded, groups.World, TimeSpan.FromMilliseconds(200));
             try
             {
-                var error = Record.Exception(() => Collect(engine.GenerateAsync(BatchTestData.Greedy(reference.PromptIds, 50))).WaitAsync(Limit).GetAwaiter().GetResult());
+                var error = Record.Exception(() => BatchTestData.Collect(engine.GenerateAsync(BatchTestData.Greedy(reference.PromptIds, 50))).WaitAsync(Limit).GetAwaiter().GetResult());
 
                 // Later requests are refused with the group's failure, not left waiting.
                 Thread.Sleep(500);
-                var later = Record.Exception(() => Collect(engine.GenerateAsync(BatchTestData.Greedy(reference.PromptIds, 5))).WaitAsync(Limit).GetAwaiter().GetResult());
+                var later = Record.Exception(() => BatchTestData.Collect(engine.GenerateAsync(BatchTestData.Greedy(reference.PromptIds, 5))).WaitAsync(Limit).GetAwaiter().GetResult());
                 return new AggregateException(error!, later!);
             }
             finally
@@ -160,17 +160,6 @@ public sealed class LockstepBatchingTests
         var errors = Assert.IsType<AggregateException>(results[0].Result);
         Assert.IsType<CollectiveException>(errors.InnerExceptions[0]);
         Assert.IsType<CollectiveException>(errors.InnerExceptions[1] is InvalidOperationException refused ? refused.InnerException : errors.InnerExceptions[1]);
-    }
-
-    private static async Task<GeneratedToken[]> Collect(IAsyncEnumerable<GeneratedToken> stream)
-    {
-        var tokens = new List<GeneratedToken>();
-        await foreach (var token in stream)
-        {
-            tokens.Add(token);
-        }
-
-        return [.. tokens];
     }
 
     private sealed record LeaderResult(GeneratedToken[][] Tokens, BatchingSnapshot Snapshot);
