@@ -202,7 +202,8 @@ internal static class CollectivesBench
     private static Dictionary<long, double> RunMpi(string binary, int ranks, long[] sizes, double minSeconds, string transportOptions)
     {
         var info = new ProcessStartInfo("mpirun") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in $"--allow-run-as-root --oversubscribe -np {ranks} {transportOptions}".Split(' ')
+        // Unbound like Granary's ranks, so both are placed by the operating system (mpirun would bind to cores at 2 ranks).
+        foreach (var arg in $"--allow-run-as-root --oversubscribe --bind-to none -np {ranks} {transportOptions}".Split(' ')
                      .Concat([binary, string.Join(',', sizes), minSeconds.ToString(CultureInfo.InvariantCulture)]))
         {
             info.ArgumentList.Add(arg);

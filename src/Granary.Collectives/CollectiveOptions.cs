@@ -35,14 +35,22 @@ public sealed class CollectiveOptions
     /// <summary>Kernel send and receive buffer size per socket.</summary>
     public int SocketBufferBytes { get; set; } = 4 << 20;
 
-    /// <summary>Messages up to this size take the latency path (mesh or shared memory); larger ones take the ring.</summary>
+    /// <summary>
+    /// TCP collectives take the mesh (one round, everyone to everyone) up to this size and the ring above: for an
+    /// all-gather or reduce-scatter the size of one rank's block, for an all-reduce (ranks - 1) × its buffer, since the
+    /// mesh sends the whole buffer to every peer where the ring sends 2(n-1)/n of it.
+    /// </summary>
     public int SmallMessageBytes { get; set; } = 64 << 10;
 
     /// <summary>Largest ring segment per step; larger buffers are reduced in windows of world size × this.</summary>
     public int RingSegmentBytes { get; set; } = 1 << 20;
 
-    /// <summary>Bytes each rank exposes in shared memory per buffer (two buffers alternate).</summary>
-    public int SharedMemoryWindowBytes { get; set; } = 4 << 20;
+    /// <summary>
+    /// Bytes each rank exposes in shared memory per buffer (two buffers alternate); larger transfers go through in
+    /// windows of this size. Small enough that a window's copies stay in a core's L2 cache: on a 16-core Xeon, 128 KiB
+    /// windows gave 2 ranks 5.8-7.1 GB/s bus bandwidth at 1-16 MiB where 4 MiB windows gave 3.3-4.9.
+    /// </summary>
+    public int SharedMemoryWindowBytes { get; set; } = 128 << 10;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid setting.</summary>
     public void Validate()

@@ -75,12 +75,27 @@ internal static unsafe class Reduction
     {
         if (dtype is DType.F32 or DType.I32)
         {
-            if (destination != (byte*)sources[0])
+            if (sources.Length == 1)
             {
-                Buffer.MemoryCopy((byte*)sources[0], destination, bytes, bytes);
+                if (destination != (byte*)sources[0])
+                {
+                    Buffer.MemoryCopy((byte*)sources[0], destination, bytes, bytes);
+                }
+
+                return;
             }
 
-            for (var k = 1; k < sources.Length; k++)
+            // The first two sources combine straight into the destination: one pass over it, not a copy and a pass.
+            if (dtype == DType.F32)
+            {
+                Apply(new ReadOnlySpan<float>((void*)sources[0], bytes / 4), new ReadOnlySpan<float>((void*)sources[1], bytes / 4), new Span<float>(destination, bytes / 4), op);
+            }
+            else
+            {
+                Apply(new ReadOnlySpan<int>((void*)sources[0], bytes / 4), new ReadOnlySpan<int>((void*)sources[1], bytes / 4), new Span<int>(destination, bytes / 4), op);
+            }
+
+            for (var k = 2; k < sources.Length; k++)
             {
                 CombinePiece(destination, (byte*)sources[k], bytes, dtype, op);
             }
@@ -113,18 +128,23 @@ internal static unsafe class Reduction
     }
 
     private static void Apply<T>(Span<T> accumulator, ReadOnlySpan<T> contribution, ReduceOp op)
+        where T : unmanaged, INumber<T> =>
+        Apply(accumulator, contribution, accumulator, op);
+
+    /// <summary>destination = op(first, second); the destination may be either input (the same elements), not a shifted one.</summary>
+    private static void Apply<T>(ReadOnlySpan<T> first, ReadOnlySpan<T> second, Span<T> destination, ReduceOp op)
         where T : unmanaged, INumber<T>
     {
         switch (op)
         {
             case ReduceOp.Sum:
-                TensorPrimitives.Add(accumulator, contribution, accumulator);
+                TensorPrimitives.Add(first, second, destination);
                 break;
             case ReduceOp.Max:
-                TensorPrimitives.Max(accumulator, contribution, accumulator);
+                TensorPrimitives.Max(first, second, destination);
                 break;
             case ReduceOp.Min:
-                TensorPrimitives.Min(accumulator, contribution, accumulator);
+                TensorPrimitives.Min(first, second, destination);
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(op), op, null);
