@@ -9,64 +9,61 @@ namespace Granary.Bench;
 /// Measures sustained memory read bandwidth: every thread sums its own slice of a buffer far larger than the caches,
 /// best of several passes and of several read loops (plain, and with software prefetch at two distances, which on
 /// some machines streams faster than the hardware prefetcher alone). This is the roofline a memory-bound kernel (a
-/// decode GEMV) is judged against, so it is the best rate any of them reaches, never a typical one.
+/// decode GEMV) is judged against, so it is the best rate any of them reaches, never a typical one. One probe keeps
+/// its buffer, so it can be measured again between the runs of a benchmark at little cost.
 /// </summary>
-public sealed unsafe class MemoryBandwidth
+public sealed unsafe class MemoryBandwidthProbe : IDisposable
 {
     private static readonly (string Name, int PrefetchBytes)[] Methods = [("sum", 0), ("sum+prefetch 1 KiB", 1024), ("sum+prefetch 4 KiB", 4096)];
 
-    private MemoryBandwidth(double bytesPerSecond, long bufferBytes, int threads, string method)
+    private readonly int _threads;
+    private readonly long _slice;
+    private readonly float[] _sums;
+    private byte* _buffer;
+
+    public MemoryBandwidthProbe(int threads, long bufferBytes = 1L << 30)
     {
-        BytesPerSecond = bytesPerSecond;
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        _threads = threads;
         BufferBytes = bufferBytes;
-        Threads = threads;
-        Method = method;
+        _slice = bufferBytes / threads / 256 * 256;
+        _sums = new float[threads];
+        _buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bufferBytes, 64);
+
+        // Touch every page so the first timed pass does not measure page faults.
+        NativeMemory.Fill(_buffer, (nuint)bufferBytes, 1);
     }
-
-    public double BytesPerSecond { get; }
-
-    public double GigabytesPerSecond => BytesPerSecond / 1e9;
 
     public long BufferBytes { get; }
 
-    public int Threads { get; }
-
-    /// <summary>The read loop that gave the best pass.</summary>
-    public string Method { get; }
-
-    public static MemoryBandwidth Measure(int threads, long bufferBytes = 1L << 30, int passes = 5)
+    /// <summary>The best of <paramref name="passes"/> passes of each read loop.</summary>
+    public MemoryBandwidth Measure(int passes = 5)
     {
-        var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bufferBytes, 64);
-        try
+        ObjectDisposedException.ThrowIf(_buffer == null, this);
+        var best = double.MaxValue;
+        var bestMethod = Methods[0].Name;
+        foreach (var (name, prefetchBytes) in Methods)
         {
-            // Touch every page so the first timed pass does not measure page faults.
-            NativeMemory.Fill(buffer, (nuint)bufferBytes, 1);
-            var slice = bufferBytes / threads / 256 * 256;
-            var sums = new float[threads];
-            var best = double.MaxValue;
-            var bestMethod = Methods[0].Name;
-            foreach (var (name, prefetchBytes) in Methods)
+            for (var pass = 0; pass < passes; pass++)
             {
-                for (var pass = 0; pass < passes; pass++)
+                var stopwatch = Stopwatch.StartNew();
+                Parallel.For(0, _threads, new ParallelOptions { MaxDegreeOfParallelism = _threads }, t =>
+                    _sums[t] = SumFloats((float*)(_buffer + (t * _slice)), _slice / sizeof(float), prefetchBytes));
+                var seconds = stopwatch.Elapsed.TotalSeconds;
+                if (seconds < best)
                 {
-                    var stopwatch = Stopwatch.StartNew();
-                    Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
-                        sums[t] = SumFloats((float*)(buffer + (t * slice)), slice / sizeof(float), prefetchBytes));
-                    var seconds = stopwatch.Elapsed.TotalSeconds;
-                    if (seconds < best)
-                    {
-                        (best, bestMethod) = (seconds, name);
-                    }
+                    (best, bestMethod) = (seconds, name);
                 }
             }
+        }
 
-            GC.KeepAlive(sums);
-            return new MemoryBandwidth(slice * threads / best, bufferBytes, threads, bestMethod);
-        }
-        finally
-        {
-            NativeMemory.AlignedFree(buffer);
-        }
+        return new MemoryBandwidth(_slice * _threads / best, BufferBytes, _threads, bestMethod);
+    }
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree(_buffer);
+        _buffer = null;
     }
 
     private static float SumFloats(float* data, long count, int prefetchBytes)
@@ -92,4 +89,27 @@ public sealed unsafe class MemoryBandwidth
 
         return Vector512.Sum(a + b + c + d);
     }
+}
+
+/// <summary>One bandwidth measurement of a <see cref="MemoryBandwidthProbe"/>.</summary>
+public sealed class MemoryBandwidth(double bytesPerSecond, long bufferBytes, int threads, string method)
+{
+    public double BytesPerSecond { get; } = bytesPerSecond;
+
+    public double GigabytesPerSecond => BytesPerSecond / 1e9;
+
+    public long BufferBytes { get; } = bufferBytes;
+
+    public int Threads { get; } = threads;
+
+    /// <summary>The read loop that gave the best pass.</summary>
+    public string Method { get; } = method;
+
+    public static MemoryBandwidth Measure(int threads)
+    {
+        using var probe = new MemoryBandwidthProbe(threads);
+        return probe.Measure();
+    }
+
+    public static MemoryBandwidth Better(MemoryBandwidth a, MemoryBandwidth b) => b.BytesPerSecond > a.BytesPerSecond ? b : a;
 }

@@ -11,6 +11,8 @@ public sealed class AttentionTests : IDisposable
     [InlineData(1, 4, 4, 64, 37, 40)]
     [InlineData(5, 6, 1, 16, 0, 5)]
     [InlineData(2, 8, 2, 128, 700, 800)]
+    [InlineData(1, 16, 8, 128, 300, 320)] // decode steps split by position: grouped heads, 8 position ranges
+    [InlineData(1, 6, 2, 20, 100, 128)]
     public void CausalGroupedQueryAttentionMatchesReference(int n, int heads, int kvHeads, int headDim, int start, int capacity)
     {
         var q = TestData.Random(n * heads * headDim, 20);
