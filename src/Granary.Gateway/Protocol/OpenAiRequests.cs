@@ -6,15 +6,12 @@ namespace Granary.Gateway.Protocol;
 // message content) are kept as JsonElement and checked by RequestReader, so errors can name the offending parameter.
 // Extensions shared with vLLM: top_k, min_p, repetition_penalty, ignore_eos, return_token_ids.
 
-internal sealed class ChatCompletionRequest
+/// <summary>The fields chat and text completion requests share: model, length, sampling, stops and streaming.</summary>
+internal abstract class GenerationRequestBody
 {
     public string? Model { get; set; }
 
-    public List<ChatMessageBody?>? Messages { get; set; }
-
     public int? MaxTokens { get; set; }
-
-    public int? MaxCompletionTokens { get; set; }
 
     public float? Temperature { get; set; }
 
@@ -40,6 +37,17 @@ internal sealed class ChatCompletionRequest
 
     public StreamOptionsBody? StreamOptions { get; set; }
 
+    public bool? IgnoreEos { get; set; }
+
+    public bool? ReturnTokenIds { get; set; }
+}
+
+internal sealed class ChatCompletionRequest : GenerationRequestBody
+{
+    public List<ChatMessageBody?>? Messages { get; set; }
+
+    public int? MaxCompletionTokens { get; set; }
+
     public bool? Logprobs { get; set; }
 
     public int? TopLogprobs { get; set; }
@@ -47,10 +55,6 @@ internal sealed class ChatCompletionRequest
     public JsonElement Tools { get; set; }
 
     public JsonElement ResponseFormat { get; set; }
-
-    public bool? IgnoreEos { get; set; }
-
-    public bool? ReturnTokenIds { get; set; }
 }
 
 internal sealed class ChatMessageBody
@@ -61,34 +65,10 @@ internal sealed class ChatMessageBody
     public JsonElement Content { get; set; }
 }
 
-internal sealed class CompletionRequest
+internal sealed class CompletionRequest : GenerationRequestBody
 {
-    public string? Model { get; set; }
-
     /// <summary>A string, an array of one string, an array of token ids, or an array of one array of token ids.</summary>
     public JsonElement Prompt { get; set; }
-
-    public int? MaxTokens { get; set; }
-
-    public float? Temperature { get; set; }
-
-    public float? TopP { get; set; }
-
-    public int? TopK { get; set; }
-
-    public float? MinP { get; set; }
-
-    public float? RepetitionPenalty { get; set; }
-
-    public float? PresencePenalty { get; set; }
-
-    public float? FrequencyPenalty { get; set; }
-
-    public JsonElement Stop { get; set; }
-
-    public long? Seed { get; set; }
-
-    public int? N { get; set; }
 
     public int? BestOf { get; set; }
 
@@ -96,15 +76,7 @@ internal sealed class CompletionRequest
 
     public string? Suffix { get; set; }
 
-    public bool? Stream { get; set; }
-
-    public StreamOptionsBody? StreamOptions { get; set; }
-
     public int? Logprobs { get; set; }
-
-    public bool? IgnoreEos { get; set; }
-
-    public bool? ReturnTokenIds { get; set; }
 }
 
 internal sealed class StreamOptionsBody

@@ -93,18 +93,7 @@ internal static class RequestReader
         var maxTokens = body.MaxCompletionTokens is not null
             ? MaxTokens(body.MaxCompletionTokens, "max_completion_tokens", options)
             : MaxTokens(body.MaxTokens, "max_tokens", options);
-        return new GenerationSpec(
-            served,
-            reference,
-            Prompt.FromChat(Messages(body.Messages)),
-            "messages",
-            maxTokens,
-            Sampling(body.Temperature, body.TopP, body.TopK, body.MinP, body.RepetitionPenalty, body.PresencePenalty, body.FrequencyPenalty, body.Seed),
-            StopStrings(body.Stop),
-            body.IgnoreEos is not true,
-            Stream(body.Stream, body.StreamOptions),
-            body.StreamOptions?.IncludeUsage is true,
-            body.ReturnTokenIds is true);
+        return Spec(body, served, reference, Prompt.FromChat(Messages(body.Messages)), "messages", maxTokens);
     }
 
     public static GenerationSpec Completion(CompletionRequest body, GatewayOptions options)
@@ -131,19 +120,23 @@ internal static class RequestReader
             throw ApiException.BadRequest("logprobs are not supported.", "logprobs", Unsupported);
         }
 
-        return new GenerationSpec(
+        return Spec(body, served, reference, CompletionPrompt(body.Prompt), "prompt", MaxTokens(body.MaxTokens, "max_tokens", options));
+    }
+
+    /// <summary>The spec from a request's prompt and length and the sampling, stop and streaming fields both kinds share.</summary>
+    private static GenerationSpec Spec(GenerationRequestBody body, string served, string reference, Prompt prompt, string promptParameter, int maxTokens) =>
+        new(
             served,
             reference,
-            CompletionPrompt(body.Prompt),
-            "prompt",
-            MaxTokens(body.MaxTokens, "max_tokens", options),
-            Sampling(body.Temperature, body.TopP, body.TopK, body.MinP, body.RepetitionPenalty, body.PresencePenalty, body.FrequencyPenalty, body.Seed),
+            prompt,
+            promptParameter,
+            maxTokens,
+            Sampling(body),
             StopStrings(body.Stop),
             body.IgnoreEos is not true,
             Stream(body.Stream, body.StreamOptions),
             body.StreamOptions?.IncludeUsage is true,
             body.ReturnTokenIds is true);
-    }
 
     private static ApiException TooLarge(long limit) =>
         new(StatusCodes.Status413PayloadTooLarge, $"The request body is larger than this gateway's limit of {limit} bytes.", ApiException.InvalidRequest, null, "request_too_large");
@@ -179,58 +172,57 @@ internal static class RequestReader
         return stream is true;
     }
 
-    private static SamplingSettings Sampling(
-        float? temperature, float? topP, int? topK, float? minP, float? repetitionPenalty, float? presencePenalty, float? frequencyPenalty, long? seed)
+    private static SamplingSettings Sampling(GenerationRequestBody body)
     {
-        if (temperature is { } t && !(t is >= 0 and <= 2))
+        if (body.Temperature is { } t && !(t is >= 0 and <= 2))
         {
             throw ApiException.BadRequest($"temperature must be between 0 and 2, got {t}.", "temperature", InvalidValue);
         }
 
-        if (topP is { } p && !(p is > 0 and <= 1))
+        if (body.TopP is { } p && !(p is > 0 and <= 1))
         {
             throw ApiException.BadRequest($"top_p must be in (0, 1], got {p}.", "top_p", InvalidValue);
         }
 
-        if (topK is < -1)
+        if (body.TopK is < -1)
         {
-            throw ApiException.BadRequest($"top_k must be >= 0 (or -1 for off), got {topK}.", "top_k", InvalidValue);
+            throw ApiException.BadRequest($"top_k must be >= 0 (or -1 for off), got {body.TopK}.", "top_k", InvalidValue);
         }
 
-        if (minP is { } m && !(m is >= 0 and < 1))
+        if (body.MinP is { } m && !(m is >= 0 and < 1))
         {
             throw ApiException.BadRequest($"min_p must be in [0, 1), got {m}.", "min_p", InvalidValue);
         }
 
-        if (repetitionPenalty is { } r && !(r > 0 && float.IsFinite(r)))
+        if (body.RepetitionPenalty is { } r && !(r > 0 && float.IsFinite(r)))
         {
             throw ApiException.BadRequest($"repetition_penalty must be a finite number > 0, got {r}.", "repetition_penalty", InvalidValue);
         }
 
         // Granary's sampler has a repetition penalty, not OpenAI's additive penalties: refuse rather than ignore them.
-        if (presencePenalty is not (null or 0))
+        if (body.PresencePenalty is not (null or 0))
         {
             throw ApiException.BadRequest("presence_penalty is not supported (use repetition_penalty).", "presence_penalty", Unsupported);
         }
 
-        if (frequencyPenalty is not (null or 0))
+        if (body.FrequencyPenalty is not (null or 0))
         {
             throw ApiException.BadRequest("frequency_penalty is not supported (use repetition_penalty).", "frequency_penalty", Unsupported);
         }
 
-        if (seed is < int.MinValue or > int.MaxValue)
+        if (body.Seed is < int.MinValue or > int.MaxValue)
         {
-            throw ApiException.BadRequest($"seed must fit in 32 bits, got {seed}.", "seed", InvalidValue);
+            throw ApiException.BadRequest($"seed must fit in 32 bits, got {body.Seed}.", "seed", InvalidValue);
         }
 
         return new SamplingSettings
         {
-            Temperature = temperature,
-            TopP = topP,
-            TopK = topK == -1 ? 0 : topK,
-            MinP = minP,
-            RepetitionPenalty = repetitionPenalty,
-            Seed = (int?)seed,
+            Temperature = body.Temperature,
+            TopP = body.TopP,
+            TopK = body.TopK == -1 ? 0 : body.TopK,
+            MinP = body.MinP,
+            RepetitionPenalty = body.RepetitionPenalty,
+            Seed = (int?)body.Seed,
         };
     }
 
