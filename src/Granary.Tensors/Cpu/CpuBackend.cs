@@ -558,10 +558,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
                 job.Weight = (byte*)PointerOf(dense.Weight);
                 break;
             case QuantizedWeight quantized:
-                if (!quantized.Scales.DType.IsFloatingPoint() || quantized.Biases.DType != quantized.Scales.DType)
-                {
-                    throw new ArgumentException($"Quantized scales {quantized.Scales} and biases {quantized.Biases} must share one floating-point dtype.");
-                }
+                TensorChecks.RequireQuantizedScales(quantized);
 
                 job.Codes = (uint*)PointerOf(quantized.Codes);
                 job.Scales = (byte*)PointerOf(quantized.Scales);
@@ -711,37 +708,11 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     private static void RequireF32(Tensor t, string name) => RequireDType(t, DType.F32, name);
 
-    private static void RequireDType(Tensor t, DType dtype, string name)
-    {
-        ArgumentNullException.ThrowIfNull(t, name);
-        if (t.DType != dtype)
-        {
-            throw new ArgumentException($"{name} must be {dtype}, got {t}.", name);
-        }
+    private static void RequireDType(Tensor t, DType dtype, string name) => TensorChecks.RequireDType<CpuBuffer>(t, dtype, name, "CPU");
 
-        if (t.Buffer is not CpuBuffer)
-        {
-            throw new ArgumentException($"{name} {t} is not a CPU tensor.", name);
-        }
-    }
+    private static void RequireSameShape(Tensor a, Tensor b) => TensorChecks.RequireSameShape(a, b);
 
-    private static void RequireSameShape(Tensor a, Tensor b)
-    {
-        if (a.ElementCount != b.ElementCount || a.Columns != b.Columns)
-        {
-            throw new ArgumentException($"Shapes differ: {a} and {b}.");
-        }
-    }
-
-    private static void RequireDisjoint(Tensor a, Tensor b)
-    {
-        var startA = (byte*)PointerOf(a);
-        var startB = (byte*)PointerOf(b);
-        if (startA < startB + b.ByteLength && startB < startA + a.ByteLength)
-        {
-            throw new ArgumentException($"{a} and {b} overlap; this operation cannot run in place.");
-        }
-    }
+    private static void RequireDisjoint(Tensor a, Tensor b) => TensorChecks.RequireDisjoint(a, (ulong)PointerOf(a), b, (ulong)PointerOf(b));
 
     private static long? ReadMemAvailable()
     {

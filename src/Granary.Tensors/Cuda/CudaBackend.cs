@@ -1155,19 +1155,7 @@ public sealed unsafe class CudaBackend : IFusedDecodeBackend
 
     private static void RequireF32(Tensor t, string name) => RequireDType(t, DType.F32, name);
 
-    private static void RequireDType(Tensor t, DType dtype, string name)
-    {
-        ArgumentNullException.ThrowIfNull(t, name);
-        if (t.DType != dtype)
-        {
-            throw new ArgumentException($"{name} must be {dtype}, got {t}.", name);
-        }
-
-        if (t.Buffer is not CudaBuffer)
-        {
-            throw new ArgumentException($"{name} {t} is not a CUDA tensor.", name);
-        }
-    }
+    private static void RequireDType(Tensor t, DType dtype, string name) => TensorChecks.RequireDType<CudaBuffer>(t, dtype, name, "CUDA");
 
     private static Tensor RequireFloat(Tensor t)
     {
@@ -1179,13 +1167,7 @@ public sealed unsafe class CudaBackend : IFusedDecodeBackend
         return t;
     }
 
-    private static void RequireQuantizedScales(QuantizedWeight weight)
-    {
-        if (!weight.Scales.DType.IsFloatingPoint() || weight.Biases.DType != weight.Scales.DType)
-        {
-            throw new ArgumentException($"Quantized scales {weight.Scales} and biases {weight.Biases} must share one floating-point dtype.");
-        }
-    }
+    private static void RequireQuantizedScales(QuantizedWeight weight) => TensorChecks.RequireQuantizedScales(weight);
 
     // The quantized kernels read codes and activations 16 bytes at a time (rows of MLX codes always are).
     private static void RequireAligned16(Tensor codes, Tensor input)
@@ -1196,22 +1178,9 @@ public sealed unsafe class CudaBackend : IFusedDecodeBackend
         }
     }
 
-    private static void RequireSameShape(Tensor a, Tensor b)
-    {
-        if (a.ElementCount != b.ElementCount || a.Columns != b.Columns)
-        {
-            throw new ArgumentException($"Shapes differ: {a} and {b}.");
-        }
-    }
+    private static void RequireSameShape(Tensor a, Tensor b) => TensorChecks.RequireSameShape(a, b);
 
-    private static void RequireDisjoint(Tensor a, Tensor b)
-    {
-        var (startA, startB) = (PointerOf(a), PointerOf(b));
-        if (startA < startB + (ulong)b.ByteLength && startB < startA + (ulong)a.ByteLength)
-        {
-            throw new ArgumentException($"{a} and {b} overlap; this operation cannot run in place.");
-        }
-    }
+    private static void RequireDisjoint(Tensor a, Tensor b) => TensorChecks.RequireDisjoint(a, PointerOf(a), b, PointerOf(b));
 
     private readonly record struct Dim(uint X, uint Y = 1);
 
