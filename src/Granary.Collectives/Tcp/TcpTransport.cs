@@ -71,7 +71,14 @@ internal sealed unsafe class TcpTransport : ICollectiveTransport
             {
                 if (UseMesh(buffer.Length * (Size - 1L)))
                 {
-                    MeshAllReduce(p, buffer.Length, dtype, op);
+                    if (UseRecursiveDoubling(dtype))
+                    {
+                        RecursiveDoublingAllReduce(p, buffer.Length, dtype, op);
+                    }
+                    else
+                    {
+                        MeshAllReduce(p, buffer.Length, dtype, op);
+                    }
                 }
                 else
                 {
@@ -392,6 +399,38 @@ internal sealed unsafe class TcpTransport : ICollectiveTransport
 
             _engine.RunToCompletion();
             Reduction.CombineOrdered(data, SlotPointers(slots, piece, pointers), piece, dtype, op);
+        }
+    }
+
+    /// <summary>
+    /// Small all-reduces on 4, 8, ... ranks under <see cref="TcpAlgorithm.Auto"/>: log2(n) rounds of swapping the whole
+    /// buffer with one partner send log2(n) copies of it, the mesh n - 1 in one round (with 4 ranks on a 16-core host
+    /// the mesh took 19-30 us for 8 B-4 KiB, Open MPI's recursive doubling 19-21). Only for f32 and i32: a round would
+    /// round f16 and bf16 partial sums, which the mesh and ring accumulate in f32.
+    /// </summary>
+    private bool UseRecursiveDoubling(DType dtype) =>
+        _algorithm == TcpAlgorithm.Auto && Size > 2 && (Size & (Size - 1)) == 0 && dtype is DType.F32 or DType.I32;
+
+    private void RecursiveDoublingAllReduce(byte* buffer, int length, DType dtype, ReduceOp op)
+    {
+        if (length == 0)
+        {
+            return;
+        }
+
+        var received = _scratch.Ensure(length);
+        Span<nint> pair = stackalloc nint[2];
+        for (var distance = 1; distance < Size; distance <<= 1)
+        {
+            var partner = Rank ^ distance;
+            _engine.Begin(_operation);
+            AddStriped(partner, buffer, length, isSend: true);
+            AddStriped(partner, received, length, isSend: false);
+            _engine.RunToCompletion();
+
+            // The partners combine the same two values (a + b = b + a exactly), so every rank ends with the same bits.
+            (pair[0], pair[1]) = ((nint)buffer, (nint)received);
+            Reduction.CombineOrdered(buffer, pair, length, dtype, op);
         }
     }
 
