@@ -116,10 +116,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Copy(Tensor source, Tensor destination)
     {
-        if (source.DType != destination.DType || source.ElementCount != destination.ElementCount)
-        {
-            throw new ArgumentException($"Copy from {source} to {destination}: dtype and element count must match.");
-        }
+        TensorChecks.CopyShapes(source, destination);
 
         Buffer.MemoryCopy(PointerOf(source), PointerOf(destination), destination.ByteLength, source.ByteLength);
     }
@@ -129,10 +126,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         ArgumentNullException.ThrowIfNull(table);
         RequireDType(ids, DType.I32, nameof(ids));
         RequireF32(output, nameof(output));
-        if (output.Columns != table.InFeatures || output.Rows != ids.ElementCount)
-        {
-            throw new ArgumentException($"Embedding output {output} must be [{ids.ElementCount}, {table.InFeatures}] for ids {ids} and a table of width {table.InFeatures}.");
-        }
+        TensorChecks.EmbeddingShapes(table, ids, output);
 
         var idPointer = (int*)PointerOf(ids);
         var y = (float*)PointerOf(output);
@@ -166,11 +160,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         ArgumentNullException.ThrowIfNull(weight);
         RequireF32(input, nameof(input));
         RequireF32(output, nameof(output));
-        if (input.Columns != weight.InFeatures || output.Columns != weight.OutFeatures || input.Rows != output.Rows)
-        {
-            throw new ArgumentException(
-                $"Linear [{weight.OutFeatures}, {weight.InFeatures}] needs input [n, {weight.InFeatures}] and output [n, {weight.OutFeatures}], got {input} and {output}.");
-        }
+        TensorChecks.LinearShapes(input, weight, output);
 
         RequireDisjoint(input, output);
         lock (_sync)
@@ -209,11 +199,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         RequireF32(x, nameof(x));
         RequireDType(positions, DType.I32, nameof(positions));
         RequireF32(inverseFrequency, nameof(inverseFrequency));
-        if (x.Rank != 3 || x.Dim(2) % 2 != 0 || positions.ElementCount != x.Dim(0) || inverseFrequency.ElementCount != x.Dim(2) / 2)
-        {
-            throw new ArgumentException(
-                $"Rope needs x [n, heads, even headDim], positions [n] and inverse frequencies [headDim/2]; got {x}, {positions}, {inverseFrequency}.");
-        }
+        TensorChecks.RopeShapes(x, positions, inverseFrequency);
 
         var job = new RopeJob
         {
@@ -268,23 +254,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         RequireF32(keyCache, nameof(keyCache));
         RequireF32(valueCache, nameof(valueCache));
         RequireF32(output, nameof(output));
-        if (query.Rank != 3 || keyCache.Rank != 3 || !keyCache.Shape.AsSpan().SequenceEqual(valueCache.Shape))
-        {
-            throw new ArgumentException($"Attention needs query [n, heads, headDim] and equal caches [capacity, kvHeads, headDim]; got {query}, {keyCache}, {valueCache}.");
-        }
-
-        RequireSameShape(query, output);
-        var (n, heads, headDim) = (query.Dim(0), query.Dim(1), query.Dim(2));
-        var (capacity, kvHeads) = (keyCache.Dim(0), keyCache.Dim(1));
-        if (keyCache.Dim(2) != headDim || kvHeads == 0 || heads % kvHeads != 0)
-        {
-            throw new ArgumentException($"Query {query} and caches {keyCache}: head dims must match and heads must be a multiple of kv heads.");
-        }
-
-        if (startPosition < 0 || (long)startPosition + n > capacity)
-        {
-            throw new ArgumentOutOfRangeException(nameof(startPosition), startPosition, $"Positions [{startPosition}, {(long)startPosition + n}) do not fit the cache {keyCache}.");
-        }
+        var (n, heads, headDim, kvHeads) = TensorChecks.AttentionShapes(query, keyCache, valueCache, startPosition, output);
 
         var job = new AttentionJob
         {
@@ -311,15 +281,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         RequireF32(weights, nameof(weights));
         var experts = routerLogits.Columns;
         var tokens = routerLogits.Rows;
-        if (k < 1 || k > experts)
-        {
-            throw new ArgumentOutOfRangeException(nameof(k), k, $"k must be in [1, {experts}] for router logits {routerLogits}.");
-        }
-
-        if (indices.Columns != k || indices.Rows != tokens || weights.Columns != k || weights.Rows != tokens)
-        {
-            throw new ArgumentException($"Routing outputs must be [{tokens}, {k}]; got indices {indices} and weights {weights}.");
-        }
+        TensorChecks.RoutingShapes(routerLogits, k, indices, weights);
 
         var logits = (float*)PointerOf(routerLogits);
         var chosen = (int*)PointerOf(indices);
@@ -677,12 +639,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
         RequireF32(a, nameof(a));
         RequireF32(b, nameof(b));
         RequireF32(output, nameof(output));
-        RequireSameShape(a, output);
-        var broadcast = b.ElementCount != a.ElementCount;
-        if (broadcast && (b.ElementCount != a.Columns || b.Columns != a.Columns))
-        {
-            throw new ArgumentException($"Operand {b} must have the shape of {a} or be one row of {a.Columns} elements.", nameof(b));
-        }
+        var broadcast = TensorChecks.BinaryShapes(a, b, output);
 
         var x = (float*)PointerOf(a);
         var y = (float*)PointerOf(b);
