@@ -462,6 +462,13 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
             var processId = *(int*)(_regions[peer] + ProcessIdOffset);
             if (!Native.ProcessExists(processId))
             {
+                // A peer may publish its last step and exit between the read above and this check; its mapping keeps
+                // what it wrote, so only a sequence still short now means it died before getting there.
+                if (Volatile.Read(ref peerSequence) >= sequence)
+                {
+                    return;
+                }
+
                 throw new CollectiveException($"{_operation}: rank {peer} (process {processId}) died.", peer, _operation);
             }
 
