@@ -69,7 +69,7 @@ internal static unsafe class Reduction
     /// <summary>
     /// destination = op over sources[0..] in rank order, each source <paramref name="bytes"/> long. Every rank that
     /// runs this over the same inputs gets bit-identical results; half types round once, at the end.
-    /// The destination may alias sources[0] or sources[1] (the same elements) but no other source.
+    /// The destination may alias sources[0] but no other source.
     /// </summary>
     public static void CombineOrdered(byte* destination, ReadOnlySpan<nint> sources, int bytes, DType dtype, ReduceOp op)
     {

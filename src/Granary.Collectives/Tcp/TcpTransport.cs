@@ -419,7 +419,6 @@ internal sealed unsafe class TcpTransport : ICollectiveTransport
         }
 
         var received = _scratch.Ensure(length);
-        Span<nint> pair = stackalloc nint[2];
         for (var distance = 1; distance < Size; distance <<= 1)
         {
             var partner = Rank ^ distance;
@@ -429,8 +428,7 @@ internal sealed unsafe class TcpTransport : ICollectiveTransport
             _engine.RunToCompletion();
 
             // The partners combine the same two values (a + b = b + a exactly), so every rank ends with the same bits.
-            (pair[0], pair[1]) = ((nint)buffer, (nint)received);
-            Reduction.CombineOrdered(buffer, pair, length, dtype, op);
+            Reduction.Combine(buffer, received, length, dtype, op);
         }
     }
 
