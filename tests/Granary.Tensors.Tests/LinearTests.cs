@@ -86,6 +86,54 @@ public sealed class LinearTests : IDisposable
         TestData.AssertClose(expected, magnitude, TestData.Read(output), bits == 8 ? 2e-4 : 5e-5);
     }
 
+    [Theory]
+    [InlineData(4, 32)]
+    [InlineData(4, 64)]
+    [InlineData(4, 128)]
+    [InlineData(8, 64)]
+    public void QuantizedLinearGivesEachTokenWhatItGetsAlone(int bits, int groupSize)
+    {
+        // Batched steps and prefill must not change a sequence's logits: one token (the decode loop) and several (the
+        // dequantized tile path) see the same inputs, so they differ by f32 rounding only (~1e-7 of Σ|w x| per term,
+        // adding up like a random walk), far below what rounding x differently would give (up to 1/65534 of a span's
+        // largest input per term; the large input below makes that ~1e-5 of Σ|w x|). 352 inputs leave a partial block.
+        const int OutFeatures = 21;
+        const int Tokens = 6;
+        var inFeatures = groupSize * (352 / groupSize);
+        var (weight, dequantized) = TestData.Quantize(
+            _backend, TestData.Random(OutFeatures * inFeatures, 8), OutFeatures, inFeatures, bits, groupSize, DType.BF16);
+        var x = TestData.Random(Tokens * inFeatures, 9);
+        for (var t = 0; t < Tokens; t++)
+        {
+            x[(t * inFeatures) + 3] = 40f;
+        }
+
+        using var _ = weight;
+        using var input = TestData.Upload(_backend, x, DType.F32, Tokens, inFeatures);
+        using var output = _backend.Allocate(DType.F32, Tokens, OutFeatures);
+        _backend.Linear(input, weight, output);
+        var batched = TestData.Read(output);
+
+        for (var t = 0; t < Tokens; t++)
+        {
+            using var one = TestData.Upload(_backend, x.AsSpan(t * inFeatures, inFeatures).ToArray(), DType.F32, 1, inFeatures);
+            using var oneOutput = _backend.Allocate(DType.F32, 1, OutFeatures);
+            _backend.Linear(one, weight, oneOutput);
+            var alone = TestData.Read(oneOutput);
+            for (var o = 0; o < OutFeatures; o++)
+            {
+                var magnitude = 0.0;
+                for (var i = 0; i < inFeatures; i++)
+                {
+                    magnitude += Math.Abs(dequantized[(o * inFeatures) + i] * x[(t * inFeatures) + i]);
+                }
+
+                var difference = Math.Abs(alone[o] - batched[(t * OutFeatures) + o]);
+                Assert.True(difference <= 1e-6 * magnitude, $"token {t}, row {o}: alone {alone[o]}, batched {batched[(t * OutFeatures) + o]}, Σ|wx| {magnitude}");
+            }
+        }
+    }
+
     [Fact]
     public void DecodeSpreadsManyRowsOverWorkers()
     {

@@ -455,10 +455,8 @@ public sealed unsafe class CpuBackend : IComputeBackend
         {
             if (decode)
             {
-                var groups = weight.InFeatures / quantized.GroupSize;
-                job.PreparedInput = (float*)_linearScratch.Get(4L * (weight.InFeatures + groups));
-                job.GroupSums = job.PreparedInput + weight.InFeatures;
-                QuantizedKernels.PrepareInput(x, weight.InFeatures, quantized.Bits, quantized.GroupSize, job.PreparedInput, job.GroupSums);
+                var scratch = (byte*)_linearScratch.Get(QuantizedKernels.PreparedInputBytes(weight.InFeatures, quantized.Bits, quantized.GroupSize));
+                job.QuantizedInput = QuantizedKernels.PrepareInput(x, weight.InFeatures, quantized.Bits, quantized.GroupSize, scratch);
                 kernel = quantized.Scales.DType switch
                 {
                     DType.F32 => &LinearKernels.QuantizedDecode<F32Loader>,
@@ -468,6 +466,13 @@ public sealed unsafe class CpuBackend : IComputeBackend
             }
             else
             {
+                if (QuantizedKernels.UsesFixedPoint(quantized.Bits))
+                {
+                    // The same inputs the one-token loop sees, so a sequence's logits do not depend on its batch.
+                    job.Input = (float*)_linearScratch.Get(4L * tokens * weight.InFeatures);
+                    QuantizedKernels.RoundToFixedPoint(x, tokens * weight.InFeatures, job.Input);
+                }
+
                 kernel = &LinearKernels.QuantizedTiled;
             }
         }

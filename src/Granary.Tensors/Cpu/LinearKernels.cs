@@ -24,9 +24,9 @@ internal unsafe struct LinearJob
     public DType ScaleDType;
     public int Bits;
     public int GroupSize;
-    public float* GroupSums;
+    public QuantizedInput QuantizedInput;
 
-    // The activation reordered for the AVX-512 loops of interleaved loaders and 4-bit codes (decode only).
+    // The activation reordered for the AVX-512 loops of interleaved loaders (decode only).
     public float* PreparedInput;
 }
 
@@ -94,6 +94,9 @@ internal static unsafe class LinearKernels
         var wordsPerRow = (long)job.InFeatures * job.Bits / 32;
         var scaleRowBytes = (long)(job.InFeatures / job.GroupSize) * TScale.ElementSize;
         var codeRowBytes = wordsPerRow * 4;
+        var rowScratchFloats = QuantizedKernels.RowScratchFloats(job.InFeatures, job.GroupSize);
+        var rowScratch = ThreadScratch.Floats(0, rowScratchFloats);
+        new Span<float>(rowScratch, (int)rowScratchFloats).Clear();
         for (var o = first; o < end; o += 2)
         {
             var second = Math.Min(o + 1, end - 1);
@@ -116,7 +119,7 @@ internal static unsafe class LinearKernels
                 job.Scales + (second * scaleRowBytes),
                 job.Biases + (o * scaleRowBytes),
                 job.Biases + (second * scaleRowBytes));
-            QuantizedKernels.DotRows<TScale>(rows, job.PreparedInput, job.GroupSums, job.InFeatures, job.Bits, job.GroupSize, out var sum0, out var sum1);
+            QuantizedKernels.DotRows<TScale>(rows, job.QuantizedInput, job.InFeatures, job.Bits, job.GroupSize, rowScratch, out var sum0, out var sum1);
             job.Output[o] = sum0;
             job.Output[second] = sum1;
         }

@@ -13,6 +13,14 @@ public sealed class BatchedForwardTests
 {
     private const float Tolerance = 1e-4f;
 
+    /// <summary>
+    /// 4-bit layers on AVX-512 CPUs round their inputs to 16-bit fixed point per span of 32 (the same for one token and for
+    /// many), so the f32 reassociation noise that separates a batched pass from a lone one (~1e-7) now and then moves an
+    /// input across a rounding boundary: a step of 1/65024 of its span's largest value, which the layers above carry to
+    /// the logits (measured up to 5e-4). These models are held to the transformers tolerance instead.
+    /// </summary>
+    private const float FixedPointTolerance = 1e-3f;
+
     public static TheoryData<string> Models() => ["llama", "llama_bf16", "qwen2", "qwen3", "qwen3_moe", "qwen3_moe_q4_g32_mlx", "qwen3_q4_g64"];
 
     [Theory]
@@ -26,6 +34,7 @@ public sealed class BatchedForwardTests
         var vocabulary = model.Config.VocabularySize;
         var prompts = BatchTestData.Prompts(reference);
         var (first, late) = (prompts[..3], prompts[3]);
+        var tolerance = name.Contains("_q4_", StringComparison.Ordinal) ? FixedPointTolerance : Tolerance;
 
         // Alone: each prompt, then two decode steps on its greedy tokens; the late prompt alone.
         var alone = first.Select(prompt => RunAlone(model, prompt, decodeSteps: 2)).ToArray();
@@ -40,7 +49,7 @@ public sealed class BatchedForwardTests
             model.ForwardBatch([.. first.Select((p, i) => new BatchedSequence(caches[i], p))], logits);
             for (var i = 0; i < first.Length; i++)
             {
-                LogitChecks.AssertClose(alone[i].Logits[0], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, prompt {i}");
+                LogitChecks.AssertClose(alone[i].Logits[0], logits.AsSpan(i * vocabulary, vocabulary), tolerance, $"{name}, prompt {i}");
             }
 
             // The reference prompt also matches transformers.
@@ -52,17 +61,17 @@ public sealed class BatchedForwardTests
             model.ForwardBatch(step, logits);
             for (var i = 0; i < first.Length; i++)
             {
-                LogitChecks.AssertClose(alone[i].Logits[1], logits.AsSpan(i * vocabulary, vocabulary), Tolerance, $"{name}, decode of {i}");
+                LogitChecks.AssertClose(alone[i].Logits[1], logits.AsSpan(i * vocabulary, vocabulary), tolerance, $"{name}, decode of {i}");
             }
 
-            LogitChecks.AssertClose(lateAlone.Logits[0], logits.AsSpan(first.Length * vocabulary, vocabulary), Tolerance, $"{name}, late prompt");
+            LogitChecks.AssertClose(lateAlone.Logits[0], logits.AsSpan(first.Length * vocabulary, vocabulary), tolerance, $"{name}, late prompt");
 
             // Step 3: a sequence that needs no logits (a prompt chunk short of its end) leaves its row untouched.
             logits.AsSpan().Fill(float.NaN);
             model.ForwardBatch(
                 [new BatchedSequence(caches[0], new[] { alone[0].Tokens[1] }), new BatchedSequence(caches[1], new[] { alone[1].Tokens[1] }, NeedsLogits: false)],
                 logits.AsSpan(0, 2 * vocabulary));
-            LogitChecks.AssertClose(alone[0].Logits[2], logits.AsSpan(0, vocabulary), Tolerance, $"{name}, third step of 0");
+            LogitChecks.AssertClose(alone[0].Logits[2], logits.AsSpan(0, vocabulary), tolerance, $"{name}, third step of 0");
             Assert.All(logits.AsSpan(vocabulary, vocabulary).ToArray(), value => Assert.True(float.IsNaN(value)));
             Assert.Equal(first[1].Length + 2, caches[1].Length);
         }
