@@ -134,6 +134,27 @@ public sealed class LinearTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void QuantizedLinearPassesANonFiniteInputOn(int tokens)
+    {
+        // Rounding x to fixed point must not turn a NaN or an infinity (a diverging model) into finite outputs.
+        const int InFeatures = 128;
+        var (weight, _) = TestData.Quantize(_backend, TestData.Random(4 * InFeatures, 10), 4, InFeatures, 4, 64, DType.BF16);
+        var x = TestData.Random(tokens * InFeatures, 11);
+        x[5] = float.NaN;
+        x[((tokens - 1) * InFeatures) + 70] = float.PositiveInfinity;
+        using var _ = weight;
+        using var input = TestData.Upload(_backend, x, DType.F32, tokens, InFeatures);
+        using var output = _backend.Allocate(DType.F32, tokens, 4);
+
+        _backend.Linear(input, weight, output);
+
+        Assert.All(TestData.Read(output).Take(4), value => Assert.True(float.IsNaN(value), $"expected NaN, got {value}"));
+        Assert.All(TestData.Read(output).Skip((tokens - 1) * 4), value => Assert.False(float.IsFinite(value), $"expected a non-finite value, got {value}"));
+    }
+
     [Fact]
     public void DecodeSpreadsManyRowsOverWorkers()
     {
