@@ -38,7 +38,7 @@ internal static unsafe class QuantizedKernels
         var groups = (long)(inFeatures / groupSize);
         return UsesFixedPoint(bits)
             ? (Chunks(inFeatures) * ((2 * Chunk) + (8 * sizeof(float)))) + (groups * sizeof(float))
-            : (inFeatures + groups) * sizeof(float);
+            : groups * sizeof(float);
     }
 
     /// <summary>
@@ -49,8 +49,9 @@ internal static unsafe class QuantizedKernels
     public static long RowScratchFloats(int inFeatures, int groupSize) => 2 * ((inFeatures / groupSize) + 8);
 
     /// <summary>
-    /// Writes x into <paramref name="scratch"/> in the form <see cref="DotRows"/> reads it, and the per-group sums of x:
-    /// for 4-bit rows a fixed-point copy of x in the loop's byte order plus the steps of each chunk; otherwise x.
+    /// Writes into <paramref name="scratch"/> what <see cref="DotRows"/> reads besides the rows: the per-group sums of x,
+    /// and for 4-bit rows a fixed-point copy of x in the loop's byte order plus the steps of each chunk (other loops read
+    /// x where it is).
     /// </summary>
     public static QuantizedInput PrepareInput(float* x, int inFeatures, int bits, int groupSize, byte* scratch)
     {
@@ -64,9 +65,7 @@ internal static unsafe class QuantizedKernels
             return fixedInput;
         }
 
-        var values = (float*)scratch;
-        var input = new QuantizedInput(values, null, values + inFeatures, null);
-        Buffer.MemoryCopy(x, values, (long)inFeatures * 4, (long)inFeatures * 4);
+        var input = new QuantizedInput(x, null, (float*)scratch, null);
         for (var g = 0; g < groups; g++)
         {
             input.GroupSums[g] = TensorPrimitives.Sum(new ReadOnlySpan<float>(x + (g * groupSize), groupSize));
@@ -240,10 +239,8 @@ internal static unsafe class QuantizedKernels
             var x = input.FixedPoint + (chunk * 2 * Chunk);
             var steps = Vector256.Load(input.LaneSteps + (chunk * 8));
             var firstGroup = (chunk * Chunk) >> groupShift;
-            var products0 = MultiplyNibbles(Vector256.Load(codes0 + (chunk * 32)), x);
-            var products1 = MultiplyNibbles(Vector256.Load(codes1 + (chunk * 32)), x);
-            total0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(products0) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales0 + firstGroup), groupOfLane), total0);
-            total1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(products1) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales1 + firstGroup), groupOfLane), total1);
+            total0 = AccumulateChunk(total0, Vector256.Load(codes0 + (chunk * 32)), x, steps, scales0 + firstGroup, groupOfLane);
+            total1 = AccumulateChunk(total1, Vector256.Load(codes1 + (chunk * 32)), x, steps, scales1 + firstGroup, groupOfLane);
         }
 
         if (fullChunks * Chunk < inFeatures)
@@ -252,15 +249,23 @@ internal static unsafe class QuantizedKernels
             var x = input.FixedPoint + (fullChunks * 2 * Chunk);
             var steps = Vector256.Load(input.LaneSteps + (fullChunks * 8));
             var firstGroup = (fullChunks * Chunk) >> groupShift;
-            var products0 = MultiplyNibbles(Vector256.Create(Vector128.Load(codes0 + (fullChunks * 32)), Vector128<byte>.Zero), x);
-            var products1 = MultiplyNibbles(Vector256.Create(Vector128.Load(codes1 + (fullChunks * 32)), Vector128<byte>.Zero), x);
-            total0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(products0) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales0 + firstGroup), groupOfLane), total0);
-            total1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(products1) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales1 + firstGroup), groupOfLane), total1);
+            total0 = AccumulateChunk(total0, Vector256.Create(Vector128.Load(codes0 + (fullChunks * 32)), Vector128<byte>.Zero), x, steps, scales0 + firstGroup, groupOfLane);
+            total1 = AccumulateChunk(total1, Vector256.Create(Vector128.Load(codes1 + (fullChunks * 32)), Vector128<byte>.Zero), x, steps, scales1 + firstGroup, groupOfLane);
         }
 
         sum0 = Vector256.Sum(total0) + Vector512.Sum(biasTerms0) + biasTail0;
         sum1 = Vector256.Sum(total1) + Vector512.Sum(biasTerms1) + biasTail1;
     }
+
+    /// <summary>
+    /// <paramref name="total"/> + one chunk's products, each int32 lane converted and scaled by its span's step and by its
+    /// group's scale (picked from the row's scales starting at the chunk's first group).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> AccumulateChunk(
+        Vector256<float> total, Vector256<byte> packed, sbyte* x, Vector256<float> steps, float* scales, Vector256<int> groupOfLane) =>
+        Fma.MultiplyAdd(
+            Avx.ConvertToVector256Single(MultiplyNibbles(packed, x)) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales), groupOfLane), total);
 
     /// <summary>Σ code × input over the 64 codes in <paramref name="packed"/>, as 8 int32 sums of 8 codes each.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -404,7 +409,7 @@ internal static unsafe class QuantizedKernels
 /// <summary>A decode input as <see cref="QuantizedKernels.DotRows"/> reads it (from <see cref="QuantizedKernels.PrepareInput"/>).</summary>
 internal readonly unsafe struct QuantizedInput(float* values, sbyte* fixedPoint, float* groupSums, float* laneSteps)
 {
-    /// <summary>x in f32, for the loops that do not use the fixed-point copy.</summary>
+    /// <summary>x itself, for the loops that do not use the fixed-point copy.</summary>
     public float* Values { get; } = values;
 
     /// <summary>x in fixed point, split into high and low bytes in the order of the 4-bit loop.</summary>
