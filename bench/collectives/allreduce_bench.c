@@ -21,7 +21,7 @@ static double time_iterations(float *buffer, int count, int iterations)
 static int iterations_for(double seconds_each, double seconds)
 {
     double iterations = seconds_each > 0 ? seconds / seconds_each : 1000;
-    return iterations < 3 ? 3 : iterations > 20000 ? 20000 : (int)iterations;
+    return iterations < 3 ? 3 : iterations > 10000000 ? 10000000 : (int)iterations;
 }
 
 int main(int argc, char **argv)
@@ -39,7 +39,8 @@ int main(int argc, char **argv)
 
     double min_seconds = atof(argv[2]);
     char *sizes = strdup(argv[1]);
-    for (char *token = strtok(sizes, ","); token != NULL; token = strtok(NULL, ",")) {
+    int first = 1;
+    for (char *token = strtok(sizes, ","); token != NULL; token = strtok(NULL, ","), first = 0) {
         long bytes = atol(token);
         int count = (int)(bytes / sizeof(float));
         float *buffer = malloc(count > 0 ? (size_t)count * sizeof(float) : 1);
@@ -47,9 +48,13 @@ int main(int argc, char **argv)
             buffer[i] = (float)(rank + i % 7);
         }
 
-        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations; a warm-up of
-           up to 0.2 s comes first (the same rule as the Granary side). */
-        int iterations = iterations_for(time_iterations(buffer, count, 3) / 3, min_seconds < 0.2 ? min_seconds : 0.2);
+        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations: 0.05 s of
+           runs to estimate, then a warm-up of about 0.2 s (1 s for the first size), then the timed run (the same
+           rule as the Granary side). */
+        double warm_up = first ? 1.0 : min_seconds < 0.2 ? min_seconds : 0.2;
+        int iterations = iterations_for(time_iterations(buffer, count, 3) / 3, warm_up / 4);
+        MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        iterations = iterations_for(time_iterations(buffer, count, iterations) / iterations, warm_up);
         MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
         iterations = iterations_for(time_iterations(buffer, count, iterations) / iterations, min_seconds);
         MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);

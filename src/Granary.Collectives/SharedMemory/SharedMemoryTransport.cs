@@ -55,7 +55,7 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
     private readonly byte*[] _regions;
     private readonly long _windowBytes;
     private readonly TimeSpan _timeout;
-    private readonly bool _spinLonger;
+    private readonly bool _everyRankHasACore;
     private long _window;
     private string _operation = "";
 
@@ -67,7 +67,7 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
         _windowBytes = context.Options.SharedMemoryWindowBytes / 64 * 64;
         Rank = context.Options.Rank;
         Size = context.Options.WorldSize;
-        _spinLonger = Size <= Environment.ProcessorCount;
+        _everyRankHasACore = Size <= Environment.ProcessorCount;
         var elsewhere = Enumerable.Range(0, Size).Where(r => context.HostIds[r] != context.HostIds[Rank]).ToArray();
         if (elsewhere.Length > 0)
         {
@@ -151,6 +151,14 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
                     for (var q = 0; q < Size; q++)
                     {
                         sources[q] = (nint)(_regions[q] + whole);
+                    }
+
+                    // This rank's contribution is read from the caller's buffer rather than the copy it just wrote
+                    // (2 ranks, 4 KiB: 1.7 against 2.0 us in a C probe of this protocol). Only one of the first two
+                    // sources can be, since the destination holds a partial sum once they are combined.
+                    if (Rank < 2)
+                    {
+                        sources[Rank] = (nint)data;
                     }
 
                     // Every rank combines in rank order, so all get bit-identical sums.
@@ -419,19 +427,19 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
         var started = Stopwatch.GetTimestamp();
         var nextCheck = 0L;
         var nap = 20;
-        var spinning = true;
+        var spinning = _everyRankHasACore;
         for (var iteration = 0; Volatile.Read(ref peerSequence) < sequence; iteration++)
         {
-            // Spin while the peer is likely a moment away (longer when every rank has a core to itself), yield while
-            // it may be waiting for a core, and only then nap, longer each time: when ranks outnumber cores, a
-            // spinning rank steals the peer's time.
+            // Spin while the peer is likely a moment away, yield while it may be waiting for a core, and only then
+            // nap, longer each time. When ranks outnumber cores the peer is likely waiting for this very core, so
+            // yield at once (3 ranks on 2 cores, 8 B: 9-10 us against 34-42 us with 512 spins first).
             if (spinning)
             {
                 // The shortest spin: the peer's write is noticed within one normalised spin (~35 ns), not eight.
                 Thread.SpinWait(1);
                 if ((iteration & 511) == 511)
                 {
-                    spinning = _spinLonger && Stopwatch.GetElapsedTime(started) < SpinPhase;
+                    spinning = _everyRankHasACore && Stopwatch.GetElapsedTime(started) < SpinPhase;
                 }
 
                 continue;
