@@ -105,7 +105,7 @@ public sealed class ClusterTrainingFailoverTests : IDisposable
         {
             DataDirectory = data,
             AdapterPath = Path.Combine(_directory.FullName, "adapters"),
-            Iterations = 5,
+            Iterations = 8,
             BatchSize = 1,
             LearningRate = 1e-3f,
             LoraRank = 2,
@@ -146,8 +146,11 @@ public sealed class ClusterTrainingFailoverTests : IDisposable
             Assert.InRange(report.Restarts, 1, 2);
             Assert.Equal(["alpha"], report.Silos);
         });
-        // The survivor went on from the checkpoint of step 2, not from the start, and finished.
-        Assert.Equal((3L, 5L), (resumed[0].Iteration, resumed[^1].Iteration));
+        // The survivor went on from a checkpoint, not from the start, and finished. Report 3 comes after checkpoint 2
+        // was written, but the kill can land a step or two later (reports reach the client behind the steps), after
+        // checkpoint 4 or 6: each is a valid place to resume, and the step after it is where the survivor begins.
+        Assert.Contains(resumed[0].Iteration, new long[] { 3, 5, 7 });
+        Assert.Equal(8L, resumed[^1].Iteration);
         Assert.True(File.Exists(Path.Combine(job.AdapterPath, AdapterFiles.WeightsFileName)));
     }
 }
