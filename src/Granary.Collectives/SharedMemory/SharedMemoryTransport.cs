@@ -439,7 +439,7 @@ internal sealed unsafe class SharedMemoryTransport : ICollectiveTransport
                 Thread.SpinWait(1);
                 if ((iteration & 511) == 511)
                 {
-                    spinning = _everyRankHasACore && Stopwatch.GetElapsedTime(started) < SpinPhase;
+                    spinning = Stopwatch.GetElapsedTime(started) < SpinPhase;
                 }
 
                 continue;
