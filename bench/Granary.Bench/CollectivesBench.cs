@@ -114,9 +114,10 @@ internal static class CollectivesBench
                 buffer[i] = group.Rank + (i % 7);
             }
 
-            // Rank 0 calibrates; every rank must run the same number of iterations. 0.05 s of runs estimate the
-            // rate, then a warm-up of about 0.2 s runs, so the timed loop runs fully compiled code (the JIT replaces a
-            // hot method's first, unoptimized code only after 100 ms without new compilations) on warm connections.
+            // Rank 0 calibrates; every rank must run the same number of iterations. Runs of a quarter of the warm-up
+            // estimate the rate, then a warm-up of about 0.2 s runs, so the timed loop runs fully compiled code (the
+            // JIT replaces a hot method's first, unoptimized code only after 100 ms without new compilations) on warm
+            // connections.
             // The first size warms up for a second: the process's start-up work (with more ranks than cores, every
             // rank's JIT at once) otherwise lands in its timed loop (4 ranks on 2 cores, 8 B: 24 against 14 us).
             var warmUp = index == 0 ? 1.0 : Math.Min(minSeconds, 0.2);

@@ -48,9 +48,9 @@ int main(int argc, char **argv)
             buffer[i] = (float)(rank + i % 7);
         }
 
-        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations: 0.05 s of
-           runs to estimate, then a warm-up of about 0.2 s (1 s for the first size), then the timed run (the same
-           rule as the Granary side). */
+        /* Calibrate on rank 0 and share the count, so every rank runs the same number of iterations: runs of a
+           quarter of the warm-up to estimate, then a warm-up of about 0.2 s (1 s for the first size), then the timed
+           run (the same rule as the Granary side). */
         double warm_up = first ? 1.0 : min_seconds < 0.2 ? min_seconds : 0.2;
         int iterations = iterations_for(time_iterations(buffer, count, 3) / 3, warm_up / 4);
         MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
