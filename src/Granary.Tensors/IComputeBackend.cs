@@ -46,6 +46,19 @@ public interface IComputeBackend : IDisposable
     /// <summary>output [n, out] = input [n, in] * W^T + bias.</summary>
     void Linear(Tensor input, LinearWeight weight, Tensor output);
 
+    /// <summary>
+    /// <see cref="Linear"/> of one input with each of <paramref name="weights"/> into the matching output (q, k and v of
+    /// attention; gate and up of a feed-forward). A backend may run them as one pass; the results are the same.
+    /// </summary>
+    void Linears(Tensor input, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        TensorChecks.LinearsCount(weights, outputs);
+        for (var i = 0; i < weights.Length; i++)
+        {
+            Linear(input, weights[i], outputs[i]);
+        }
+    }
+
     /// <summary>Per row of the last dimension: output = x / sqrt(mean(x^2) + eps) * weight.</summary>
     void RmsNorm(Tensor input, Tensor weight, float epsilon, Tensor output);
 

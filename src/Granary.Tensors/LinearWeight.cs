@@ -1,3 +1,5 @@
+using Granary.Tensors.Cpu;
+
 namespace Granary.Tensors;
 
 /// <summary>
@@ -97,6 +99,9 @@ public sealed class QuantizedWeight : LinearWeight
         Biases = biases;
         Bits = bits;
         GroupSize = groupSize;
+
+        // Made here, once, so the first decode step does not pay for it and the copy lives exactly as long as the weight.
+        CpuDecodeLayout = codes.Backend is CpuBackend cpu ? PackedQuantizedRows.TryCreate(cpu, this) : null;
     }
 
     public Tensor Codes { get; }
@@ -109,10 +114,14 @@ public sealed class QuantizedWeight : LinearWeight
 
     public int GroupSize { get; }
 
+    /// <summary>The rows repacked for the CPU backend's 4-bit decode loop, when the weight lives there and that loop runs.</summary>
+    internal PackedQuantizedRows? CpuDecodeLayout { get; }
+
     public override long WeightBytes => Codes.ByteLength + Scales.ByteLength + Biases.ByteLength + (Bias?.ByteLength ?? 0);
 
     public override void Dispose()
     {
+        CpuDecodeLayout?.Dispose();
         Codes.Dispose();
         Scales.Dispose();
         Biases.Dispose();

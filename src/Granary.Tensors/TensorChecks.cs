@@ -64,6 +64,15 @@ internal static class TensorChecks
         }
     }
 
+    /// <summary>Throws unless there is one output per weight.</summary>
+    public static void LinearsCount(ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        if (weights.Length != outputs.Length)
+        {
+            throw new ArgumentException($"{weights.Length} weights need as many outputs, got {outputs.Length}.", nameof(outputs));
+        }
+    }
+
     public static void LinearShapes(Tensor input, LinearWeight weight, Tensor output)
     {
         if (input.Columns != weight.InFeatures || output.Columns != weight.OutFeatures || input.Rows != output.Rows)

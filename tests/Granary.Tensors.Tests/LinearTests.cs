@@ -169,6 +169,86 @@ public sealed class LinearTests : IDisposable
         TestData.AssertClose(expected, magnitude, TestData.Read(output), Relative);
     }
 
+    [Theory]
+    [InlineData(4, 32)]
+    [InlineData(4, 128)]
+    [InlineData(8, 64)]
+    public void QuantizedDecodeSpreadsManyRowsOverWorkers(int bits, int groupSize)
+    {
+        // Several work items (the 4-bit loop takes rows 16 at a time in blocks interleaved at load), with a last block
+        // pair only partly filled: 1031 = 64 x 16 + 7.
+        const int OutFeatures = 1031;
+        var inFeatures = groupSize * 3;
+        var (weight, dequantized) = TestData.Quantize(
+            _backend, TestData.Random(OutFeatures * inFeatures, 12), OutFeatures, inFeatures, bits, groupSize, DType.BF16);
+        var x = TestData.Random(inFeatures, 13);
+        using var _ = weight;
+        using var input = TestData.Upload(_backend, x, DType.F32, 1, inFeatures);
+        using var output = _backend.Allocate(DType.F32, 1, OutFeatures);
+
+        _backend.Linear(input, weight, output);
+
+        var (expected, magnitude) = Reference(dequantized, x, null, 1, inFeatures, OutFeatures);
+        TestData.AssertClose(expected, magnitude, TestData.Read(output), bits == 8 ? 2e-4 : 5e-5);
+    }
+
+    [Theory]
+    [InlineData("q4", 1)]
+    [InlineData("bf16", 1)]
+    [InlineData("mixed", 1)]
+    [InlineData("q4", 3)]
+    public void LinearsGiveWhatEachLinearGives(string formats, int tokens)
+    {
+        // One pass over several weights (one work item list, one input preparation) must give each output bit for bit
+        // what its own Linear call gives; weights that prepare the input differently (mixed) run one after another.
+        const int InFeatures = 192;
+        int[] rows = [40, 24, 1031];
+        var weights = rows.Select((outFeatures, i) =>
+        {
+            var values = TestData.Random(outFeatures * InFeatures, 20 + i);
+            return formats == "bf16" || (formats == "mixed" && i == 1)
+                ? (LinearWeight)new DenseWeight(TestData.Upload(_backend, TestData.RoundTo(values, DType.BF16), DType.BF16, outFeatures, InFeatures))
+                : TestData.Quantize(_backend, values, outFeatures, InFeatures, 4, 64, DType.BF16).Weight;
+        }).ToArray();
+        using var input = TestData.Upload(_backend, TestData.Random(tokens * InFeatures, 30), DType.F32, tokens, InFeatures);
+        var together = rows.Select(r => _backend.Allocate(DType.F32, tokens, r)).ToArray();
+        var apart = rows.Select(r => _backend.Allocate(DType.F32, tokens, r)).ToArray();
+        try
+        {
+            _backend.Linears(input, weights, together);
+            for (var i = 0; i < weights.Length; i++)
+            {
+                _backend.Linear(input, weights[i], apart[i]);
+                Assert.Equal(TestData.Read(apart[i]), TestData.Read(together[i]));
+            }
+        }
+        finally
+        {
+            foreach (var tensor in together.Concat(apart))
+            {
+                tensor.Dispose();
+            }
+
+            foreach (var weight in weights)
+            {
+                weight.Dispose();
+            }
+        }
+    }
+
+    [Fact]
+    public void LinearsNeedAnOutputPerWeight()
+    {
+        var (weight, _) = TestData.Quantize(_backend, TestData.Random(4 * 64, 40), 4, 64, 4, 64, DType.BF16);
+        using var _ = weight;
+        using var input = _backend.Allocate(DType.F32, 1, 64);
+        using var output = _backend.Allocate(DType.F32, 1, 4);
+
+        var error = Assert.Throws<ArgumentException>(() => _backend.Linears(input, [weight, weight], [output]));
+
+        Assert.Contains("2 weights need as many outputs, got 1", error.Message);
+    }
+
     [Fact]
     public unsafe void AddressesWeightsBeyondTwoGigabytes()
     {

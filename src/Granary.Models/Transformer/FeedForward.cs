@@ -79,8 +79,7 @@ public sealed class DenseFeedForward : FeedForward
 
     internal override void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, Tensor output)
     {
-        backend.Linear(input, Gate, step.Gate);
-        backend.Linear(input, Up, step.Up);
+        backend.Linears(input, [Gate, Up], [step.Gate, step.Up]);
         backend.SiluMul(step.Gate, step.Up, step.Activation);
         backend.Linear(step.Activation, Down, output);
     }

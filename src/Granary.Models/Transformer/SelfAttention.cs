@@ -111,9 +111,7 @@ public sealed class SelfAttention : IDisposable
     /// </summary>
     internal void Forward(IComputeBackend backend, Tensor input, ForwardScratch.StepTensors step, PassLayout pass, int layer, Tensor output)
     {
-        backend.Linear(input, QueryProjection, step.Query);
-        backend.Linear(input, KeyProjection, step.Key);
-        backend.Linear(input, ValueProjection, step.Value);
+        backend.Linears(input, [QueryProjection, KeyProjection, ValueProjection], [step.Query, step.Key, step.Value]);
 
         if (QueryNorm is not null && KeyNorm is not null)
         {

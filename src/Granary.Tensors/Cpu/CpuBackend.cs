@@ -169,6 +169,34 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
     }
 
+    public void Linears(Tensor input, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        RequireF32(input, nameof(input));
+        TensorChecks.LinearsCount(weights, outputs);
+        for (var i = 0; i < weights.Length; i++)
+        {
+            ArgumentNullException.ThrowIfNull(weights[i]);
+            RequireF32(outputs[i], nameof(outputs));
+            TensorChecks.LinearShapes(input, weights[i], outputs[i]);
+            RequireDisjoint(input, outputs[i]);
+        }
+
+        lock (_sync)
+        {
+            var x = (float*)PointerOf(input);
+            if (input.Rows == 1 && weights.Length > 1)
+            {
+                LinearGroupCore(x, weights, outputs);
+                return;
+            }
+
+            for (var i = 0; i < weights.Length; i++)
+            {
+                LinearCore(x, input.Rows, weights[i], (float*)PointerOf(outputs[i]));
+            }
+        }
+    }
+
     public void RmsNorm(Tensor input, Tensor weight, float epsilon, Tensor output)
     {
         RequireF32(input, nameof(input));
@@ -444,59 +472,143 @@ public sealed unsafe class CpuBackend : IComputeBackend
         }
 
         var job = CreateJob(weight, x, tokens, y);
-        var decode = tokens == 1;
-        var rowsPerItem = decode
-            ? LinearKernels.DecodeRows(weight.WeightBytes / Math.Max(1, weight.OutFeatures))
-            : LinearKernels.TileRows(weight.InFeatures);
-        job.RowsPerItem = rowsPerItem;
-        var items = (weight.OutFeatures + rowsPerItem - 1) / rowsPerItem;
-        delegate*<void*, int, void> kernel;
-        if (weight is QuantizedWeight quantized)
+        var kernel = tokens == 1 ? PrepareDecode(ref job, weight, x, null) : PreparePrefill(ref job, weight, x, tokens);
+        _pool.Run(job.Items, kernel, &job);
+    }
+
+    /// <summary>
+    /// One-token linear layers of one input as one parallel pass: the input is prepared once and the rows of all the
+    /// weights are split over the threads together, so the pass pays one fork/join and the threads stream from one weight
+    /// into the next without waiting. Weights that would prepare the input differently run one after another.
+    /// </summary>
+    private void LinearGroupCore(float* x, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        var count = weights.Length;
+        for (var i = 1; i < count; i++)
         {
-            if (decode)
+            if (!SharesDecodeInput(weights[0], weights[i]))
             {
-                var scratch = (byte*)_linearScratch.Get(QuantizedKernels.PreparedInputBytes(weight.InFeatures, quantized.Bits, quantized.GroupSize));
-                job.QuantizedInput = QuantizedKernels.PrepareInput(x, weight.InFeatures, quantized.Bits, quantized.GroupSize, scratch);
-                kernel = quantized.Scales.DType switch
+                for (var j = 0; j < count; j++)
                 {
-                    DType.F32 => &LinearKernels.QuantizedDecode<F32Loader>,
-                    DType.BF16 => &LinearKernels.QuantizedDecode<BFloat16Loader>,
-                    _ => &LinearKernels.QuantizedDecode<HalfLoader>,
-                };
-            }
-            else
-            {
-                if (QuantizedKernels.UsesFixedPoint(quantized.Bits))
-                {
-                    // The same inputs the one-token loop sees, so a sequence's logits do not depend on its batch.
-                    job.Input = (float*)_linearScratch.Get(4L * tokens * weight.InFeatures);
-                    QuantizedKernels.RoundToFixedPoint(x, tokens * weight.InFeatures, job.Input);
+                    LinearCore(x, 1, weights[j], (float*)PointerOf(outputs[j]));
                 }
 
-                kernel = &LinearKernels.QuantizedTiled;
+                return;
             }
         }
-        else
+
+        var jobs = stackalloc LinearJob[count];
+        var kernels = stackalloc nint[count];
+        var firstItems = stackalloc int[count + 1];
+        firstItems[0] = 0;
+        for (var i = 0; i < count; i++)
         {
-            var dtype = ((DenseWeight)weight).Weight.DType;
-            if (decode && dtype != DType.F32 && Avx512F.IsSupported)
+            jobs[i] = CreateJob(weights[i], x, 1, (float*)PointerOf(outputs[i]));
+            kernels[i] = (nint)PrepareDecode(ref jobs[i], weights[i], x, i == 0 ? null : jobs);
+            firstItems[i + 1] = firstItems[i] + jobs[i].Items;
+        }
+
+        var group = new LinearGroupJob { Jobs = jobs, Kernels = kernels, FirstItems = firstItems };
+        _pool.Run(firstItems[count], &LinearKernels.GroupItem, &group);
+    }
+
+    /// <summary>Whether two weights' one-token kernels read the same preparation of their input.</summary>
+    private static bool SharesDecodeInput(LinearWeight first, LinearWeight other) => (first, other) switch
+    {
+        (QuantizedWeight a, QuantizedWeight b) =>
+            a.Bits == b.Bits && a.GroupSize == b.GroupSize && (a.CpuDecodeLayout is null) == (b.CpuDecodeLayout is null),
+        (DenseWeight a, DenseWeight b) => (a.Weight.DType == DType.F32) == (b.Weight.DType == DType.F32),
+        _ => false,
+    };
+
+    /// <summary>
+    /// Fills in the one-token kernel's arguments and returns the kernel; the input's preparation is made here, or taken
+    /// from <paramref name="prepared"/> (a job of the same input that <see cref="SharesDecodeInput"/> matched).
+    /// </summary>
+    private delegate*<void*, int, void> PrepareDecode(ref LinearJob job, LinearWeight weight, float* x, LinearJob* prepared)
+    {
+        var rowBytes = weight.WeightBytes / Math.Max(1, weight.OutFeatures);
+        if (weight is QuantizedWeight quantized)
+        {
+            var packed = quantized.CpuDecodeLayout;
+            SetRowsPerItem(ref job, LinearKernels.DecodeRows(rowBytes, packed is null ? 4 : PackedQuantizedRows.PairRows));
+            job.QuantizedInput = prepared is not null
+                ? prepared->QuantizedInput
+                : QuantizedKernels.PrepareInput(
+                    x,
+                    weight.InFeatures,
+                    quantized.Bits,
+                    quantized.GroupSize,
+                    _linearScratch.Get(QuantizedKernels.PreparedInputBytes(weight.InFeatures, quantized.Bits, quantized.GroupSize)));
+            if (packed is not null)
+            {
+                job.PackedCodes = packed.Codes;
+                job.PackedScalesAndBiases = packed.ScalesAndBiases;
+                job.BlockCodeBytes = packed.BlockCodeBytes;
+                job.BlockScaleBytes = packed.BlockScaleBytes;
+            }
+
+            return (quantized.Scales.DType, packed is null) switch
+            {
+                (DType.F32, true) => &LinearKernels.QuantizedDecode<F32Loader>,
+                (DType.BF16, true) => &LinearKernels.QuantizedDecode<BFloat16Loader>,
+                (_, true) => &LinearKernels.QuantizedDecode<HalfLoader>,
+                (DType.F32, false) => &LinearKernels.PackedDecode<F32Loader>,
+                (DType.BF16, false) => &LinearKernels.PackedDecode<BFloat16Loader>,
+                _ => &LinearKernels.PackedDecode<HalfLoader>,
+            };
+        }
+
+        SetRowsPerItem(ref job, LinearKernels.DecodeRows(rowBytes, 4));
+        var dtype = ((DenseWeight)weight).Weight.DType;
+        if (dtype != DType.F32 && Avx512F.IsSupported)
+        {
+            if (prepared is not null)
+            {
+                job.PreparedInput = prepared->PreparedInput;
+            }
+            else
             {
                 job.PreparedInput = (float*)_linearScratch.Get(4L * weight.InFeatures);
                 DenseKernels.DeinterleavePairs(x, weight.InFeatures, job.PreparedInput);
             }
-
-            kernel = (dtype, decode) switch
-            {
-                (DType.F32, true) => &LinearKernels.DenseDecode<F32Loader>,
-                (DType.BF16, true) => &LinearKernels.DenseDecode<BFloat16Loader>,
-                (DType.F16, true) => &LinearKernels.DenseDecode<HalfLoader>,
-                (DType.F32, false) => &LinearKernels.DenseTiled<F32Loader>,
-                (DType.BF16, false) => &LinearKernels.DenseTiled<BFloat16Loader>,
-                _ => &LinearKernels.DenseTiled<HalfLoader>,
-            };
         }
 
-        _pool.Run(items, kernel, &job);
+        return dtype switch
+        {
+            DType.F32 => &LinearKernels.DenseDecode<F32Loader>,
+            DType.BF16 => &LinearKernels.DenseDecode<BFloat16Loader>,
+            _ => &LinearKernels.DenseDecode<HalfLoader>,
+        };
+    }
+
+    private delegate*<void*, int, void> PreparePrefill(ref LinearJob job, LinearWeight weight, float* x, long tokens)
+    {
+        SetRowsPerItem(ref job, LinearKernels.TileRows(weight.InFeatures));
+        if (weight is QuantizedWeight quantized)
+        {
+            if (QuantizedKernels.UsesFixedPoint(quantized.Bits))
+            {
+                // The same inputs the one-token loop sees, so a sequence's logits do not depend on its batch.
+                job.Input = (float*)_linearScratch.Get(4L * tokens * weight.InFeatures);
+                QuantizedKernels.RoundToFixedPoint(x, tokens * weight.InFeatures, job.Input);
+            }
+
+            return &LinearKernels.QuantizedTiled;
+        }
+
+        return ((DenseWeight)weight).Weight.DType switch
+        {
+            DType.F32 => &LinearKernels.DenseTiled<F32Loader>,
+            DType.BF16 => &LinearKernels.DenseTiled<BFloat16Loader>,
+            _ => &LinearKernels.DenseTiled<HalfLoader>,
+        };
+    }
+
+    private static void SetRowsPerItem(ref LinearJob job, int rowsPerItem)
+    {
+        job.RowsPerItem = rowsPerItem;
+        job.Items = (job.OutFeatures + rowsPerItem - 1) / rowsPerItem;
     }
 
     private static LinearJob CreateJob(LinearWeight weight, float* x, long tokens, float* y)

@@ -11,6 +11,7 @@ internal unsafe struct LinearJob
     public int InFeatures;
     public int OutFeatures;
     public int RowsPerItem;
+    public int Items;
     public byte* Bias;
     public DType BiasDType;
 
@@ -26,8 +27,26 @@ internal unsafe struct LinearJob
     public int GroupSize;
     public QuantizedInput QuantizedInput;
 
+    // 4-bit weights repacked for the decode loop (PackedQuantizedRows; null codes otherwise).
+    public byte* PackedCodes;
+    public byte* PackedScalesAndBiases;
+    public long BlockCodeBytes;
+    public long BlockScaleBytes;
+
     // The activation reordered for the AVX-512 loops of interleaved loaders (decode only).
     public float* PreparedInput;
+}
+
+/// <summary>Several <see cref="LinearJob"/>s of one input run as one pass: their items numbered one after another.</summary>
+internal unsafe struct LinearGroupJob
+{
+    public LinearJob* Jobs;
+
+    // Each job's kernel (a delegate*<void*, int, void>).
+    public nint* Kernels;
+
+    // The group's first item of each job, then the total.
+    public int* FirstItems;
 }
 
 /// <summary>
@@ -48,10 +67,23 @@ internal static unsafe class LinearKernels
     /// </summary>
     private const int DecodeItemBytes = 32 * 1024;
 
-    /// <summary>Output rows per decode work item, a multiple of 4 (the GEMV's row group).</summary>
-    public static int DecodeRows(long rowBytes) => (int)Math.Max(4, DecodeItemBytes / Math.Max(1, rowBytes) / 4 * 4);
+    /// <summary>Output rows per decode work item, a multiple of <paramref name="rowGroup"/> (the rows of one pass of its loop).</summary>
+    public static int DecodeRows(long rowBytes, int rowGroup) => (int)Math.Max(rowGroup, DecodeItemBytes / Math.Max(1, rowBytes) / rowGroup * rowGroup);
 
     public static int TileRows(int inFeatures) => Math.Clamp(TileBytes / (Math.Max(1, inFeatures) * sizeof(float)) / 4 * 4, 4, 64);
+
+    /// <summary>Item <paramref name="item"/> of a <see cref="LinearGroupJob"/>: the job it falls in, at its own index there.</summary>
+    public static void GroupItem(void* arguments, int item)
+    {
+        ref var group = ref *(LinearGroupJob*)arguments;
+        var job = 0;
+        while (item >= group.FirstItems[job + 1])
+        {
+            job++;
+        }
+
+        ((delegate*<void*, int, void>)group.Kernels[job])(group.Jobs + job, item - group.FirstItems[job]);
+    }
 
     public static void DenseDecode<T>(void* arguments, int item)
         where T : struct, IWeightLoader
@@ -94,9 +126,6 @@ internal static unsafe class LinearKernels
         var wordsPerRow = (long)job.InFeatures * job.Bits / 32;
         var scaleRowBytes = (long)(job.InFeatures / job.GroupSize) * TScale.ElementSize;
         var codeRowBytes = wordsPerRow * 4;
-        var rowScratchFloats = QuantizedKernels.RowScratchFloats(job.InFeatures, job.GroupSize);
-        var rowScratch = ThreadScratch.Floats(0, rowScratchFloats);
-        new Span<float>(rowScratch, (int)rowScratchFloats).Clear();
         for (var o = first; o < end; o += 2)
         {
             var second = Math.Min(o + 1, end - 1);
@@ -119,9 +148,39 @@ internal static unsafe class LinearKernels
                 job.Scales + (second * scaleRowBytes),
                 job.Biases + (o * scaleRowBytes),
                 job.Biases + (second * scaleRowBytes));
-            QuantizedKernels.DotRows<TScale>(rows, job.QuantizedInput, job.InFeatures, job.Bits, job.GroupSize, rowScratch, out var sum0, out var sum1);
+            QuantizedKernels.DotRows<TScale>(rows, job.QuantizedInput, job.InFeatures, job.Bits, job.GroupSize, out var sum0, out var sum1);
             job.Output[o] = sum0;
             job.Output[second] = sum1;
+        }
+
+        AddBias(ref job, job.Output, first, end);
+    }
+
+    /// <summary>Decode over <see cref="PackedQuantizedRows"/>: items are whole block pairs (16 rows, the last padded).</summary>
+    public static void PackedDecode<TScale>(void* arguments, int item)
+        where TScale : struct, IWeightLoader
+    {
+        ref var job = ref *(LinearJob*)arguments;
+        var (first, end) = Rows(ref job, item);
+        var groups = job.InFeatures / job.GroupSize;
+        var padded = stackalloc float[PackedQuantizedRows.PairRows];
+        for (var row = first; row < end; row += PackedQuantizedRows.PairRows)
+        {
+            var block = row / PackedQuantizedRows.BlockRows;
+            var whole = row + PackedQuantizedRows.PairRows <= job.OutFeatures;
+            PackedQuantizedRows.DotBlockPair<TScale>(
+                job.PackedCodes + (block * job.BlockCodeBytes),
+                job.PackedScalesAndBiases + (block * job.BlockScaleBytes),
+                job.QuantizedInput,
+                groups,
+                job.GroupSize,
+                job.BlockCodeBytes,
+                job.BlockScaleBytes,
+                whole ? job.Output + row : padded);
+            if (!whole)
+            {
+                new ReadOnlySpan<float>(padded, job.OutFeatures - row).CopyTo(new Span<float>(job.Output + row, job.OutFeatures - row));
+            }
         }
 
         AddBias(ref job, job.Output, first, end);

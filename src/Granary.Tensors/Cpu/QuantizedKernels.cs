@@ -9,14 +9,11 @@ namespace Granary.Tensors.Cpu;
 /// <summary>
 /// MLX affine-quantized rows: w[i] = scale[g] * q[i] + bias[g], g = i / groupSize, codes packed least-significant
 /// bits first in u32 words. Both loops use w·x = scale * Σ q x + bias * Σ x per group, with Σ x per group shared by
-/// all rows. 8-bit rows convert codes to f32; 4-bit rows multiply codes with a 16-bit fixed-point copy of x in integer
-/// arithmetic (see <see cref="DotRows4"/>).
+/// all rows. 8-bit rows convert codes to f32; 4-bit rows (repacked, see <see cref="PackedQuantizedRows"/>) multiply
+/// codes with a 16-bit fixed-point copy of x in integer arithmetic.
 /// </summary>
 internal static unsafe class QuantizedKernels
 {
-    /// <summary>Codes of one chunk of the 4-bit loop: 32 bytes, one 256-bit load per row.</summary>
-    private const int Chunk = 64;
-
     /// <summary>Inputs sharing one fixed-point step: the smallest group size.</summary>
     private const int StepSpan = 32;
 
@@ -26,10 +23,14 @@ internal static unsafe class QuantizedKernels
     /// </summary>
     private const float FixedRange = 32512f;
 
-    /// <summary>0, 2, ..., 62: the permute indices of the even inputs of a chunk (plus one: the odd ones).</summary>
-    private static readonly Vector512<short> EvenIndices = Vector512<short>.Indices * 2;
+    /// <summary>
+    /// Where each of a span's 64 output bytes comes from, as indices into its 32 high bytes followed by its 32 low bytes:
+    /// per word of 8 inputs, the high bytes of inputs 0, 2, 4, 6 (the word's low nibbles), of 1, 3, 5, 7, then the low
+    /// bytes of the same.
+    /// </summary>
+    private static readonly (Vector512<short> First, Vector512<short> Second) SpanByteOrder = CreateSpanByteOrder();
 
-    /// <summary>Whether 4-bit rows take the fixed-point loop (<see cref="DotRows4"/>).</summary>
+    /// <summary>Whether 4-bit rows take the fixed-point loop over repacked rows.</summary>
     public static bool UsesFixedPoint(int bits) => bits == 4 && Avx512BW.IsSupported;
 
     /// <summary>Bytes of scratch <see cref="PrepareInput"/> writes for one decode input.</summary>
@@ -37,20 +38,13 @@ internal static unsafe class QuantizedKernels
     {
         var groups = (long)(inFeatures / groupSize);
         return UsesFixedPoint(bits)
-            ? (Chunks(inFeatures) * ((2 * Chunk) + (8 * sizeof(float)))) + (groups * sizeof(float))
+            ? (2L * inFeatures) + ((inFeatures / StepSpan) * sizeof(float)) + (groups * sizeof(float))
             : groups * sizeof(float);
     }
 
     /// <summary>
-    /// Floats of per-thread scratch <see cref="DotRows"/> needs for one row pair: each row's group scales as f32,
-    /// padded so a 256-bit read at any chunk's first group stays inside; the caller zeroes it once, so the lanes of a half
-    /// chunk past the last group (zero codes times zero inputs) are scaled by 0 rather than by stale values.
-    /// </summary>
-    public static long RowScratchFloats(int inFeatures, int groupSize) => 2 * ((inFeatures / groupSize) + 8);
-
-    /// <summary>
-    /// Writes into <paramref name="scratch"/> what <see cref="DotRows"/> reads besides the rows: the per-group sums of x,
-    /// and for 4-bit rows a fixed-point copy of x in the loop's byte order plus the steps of each chunk (other loops read
+    /// Writes into <paramref name="scratch"/> what the decode loops read besides the rows: the per-group sums of x,
+    /// and for 4-bit rows a fixed-point copy of x in the loop's byte order plus the step of each span (other loops read
     /// x where it is).
     /// </summary>
     public static QuantizedInput PrepareInput(float* x, int inFeatures, int bits, int groupSize, byte* scratch)
@@ -59,8 +53,8 @@ internal static unsafe class QuantizedKernels
         if (UsesFixedPoint(bits))
         {
             var fixedPoint = (sbyte*)scratch;
-            var laneSteps = (float*)(fixedPoint + (Chunks(inFeatures) * 2 * Chunk));
-            var fixedInput = new QuantizedInput(null, fixedPoint, laneSteps + (Chunks(inFeatures) * 8), laneSteps);
+            var spanSteps = (float*)(fixedPoint + (2L * inFeatures));
+            var fixedInput = new QuantizedInput(null, fixedPoint, spanSteps + (inFeatures / StepSpan), spanSteps);
             ToFixedPoint(x, inFeatures, groupSize, fixedInput);
             return fixedInput;
         }
@@ -90,85 +84,73 @@ internal static unsafe class QuantizedKernels
     }
 
     /// <summary>
-    /// Two quantized rows · x, where <paramref name="input"/> comes from <see cref="PrepareInput"/>; <paramref name="rows"/>
-    /// holds each row's codes, scales and biases (scales and biases in the dtype <typeparamref name="TScale"/> reads).
-    /// Two rows per pass share the loads of x; for an odd row count pass the same row twice.
-    /// <paramref name="rowScratch"/> holds <see cref="RowScratchFloats"/> zeroed floats.
+    /// Two quantized rows · x in the checkpoint's layout (8-bit rows, or 4-bit rows where the fixed-point loop does not
+    /// run), where <paramref name="input"/> comes from <see cref="PrepareInput"/>; <paramref name="rows"/> holds each row's
+    /// codes, scales and biases (scales and biases in the dtype <typeparamref name="TScale"/> reads). Two rows per pass
+    /// share the loads of x; for an odd row count pass the same row twice.
     /// </summary>
-    public static void DotRows<TScale>(in RowPair rows, in QuantizedInput input, int inFeatures, int bits, int groupSize, float* rowScratch, out float sum0, out float sum1)
+    public static void DotRows<TScale>(in RowPair rows, in QuantizedInput input, int inFeatures, int bits, int groupSize, out float sum0, out float sum1)
         where TScale : struct, IWeightLoader
     {
-        var groups = inFeatures / groupSize;
-        if (UsesFixedPoint(bits))
+        if (bits == 8 && Avx512F.IsSupported)
         {
-            DotRows4<TScale>(rows, input, inFeatures, groups, groupSize, rowScratch, out sum0, out sum1);
+            DotRows8<TScale>(rows, input.Values, input.GroupSums, inFeatures / groupSize, groupSize, out sum0, out sum1);
         }
-        else if (!Avx512F.IsSupported)
+        else
         {
             sum0 = ScalarDotRow<TScale>(rows.Codes0, rows.Scales0, rows.Biases0, input.Values, input.GroupSums, inFeatures, bits, groupSize);
             sum1 = ScalarDotRow<TScale>(rows.Codes1, rows.Scales1, rows.Biases1, input.Values, input.GroupSums, inFeatures, bits, groupSize);
         }
-        else
-        {
-            DotRows8<TScale>(rows, input.Values, input.GroupSums, groups, groupSize, out sum0, out sum1);
-        }
     }
 
-    private static long Chunks(int inFeatures) => (inFeatures + Chunk - 1) / Chunk;
+    /// <summary>
+    /// <paramref name="sums"/> + Σ of 4 adjacent unsigned × signed byte products per int32 lane: one VNNI instruction, or
+    /// two multiply-adds without VNNI (the 16-bit pair sums, ≤ 2 × 15 × 128, cannot saturate).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> ByteDot(Vector256<int> sums, Vector256<byte> codes, Vector256<sbyte> x) =>
+        AvxVnni.IsSupported
+            ? AvxVnni.MultiplyWideningAndAdd(sums, codes, x)
+            : sums + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(codes, x), Vector256<short>.One);
 
     /// <summary>
     /// x as fixed point, one step per span of 32 inputs (max |x| / 32512, so the rounding error is at most 1/65024 of the
     /// span's largest input; bf16 activations carry 1/256 of each value), each value v split as 256 × high + low with
-    /// both parts signed bytes, because the loop multiplies unsigned code bytes with signed bytes. Per chunk of 64
-    /// inputs: 32 high bytes of the even inputs (the codes' low nibbles), 32 of the odd ones, then the same for the low
-    /// bytes; and 8 lane steps, the step of the span each int32 lane of the loop's products covers. The group sums are
-    /// those of the rounded values, as <see cref="RoundToFixedPoint"/> gives them to prefill. A partial chunk is padded
-    /// with zeros.
+    /// both parts signed bytes, because the loop multiplies unsigned code bytes with signed bytes. Per word of 8 inputs
+    /// (the 8 codes of one packed u32), 16 bytes: the high bytes of inputs 0, 2, 4, 6, of 1, 3, 5, 7, then the low bytes
+    /// of the same, each 4 read as one int32 the loop broadcasts. The group sums are those of the rounded values, as
+    /// <see cref="RoundToFixedPoint"/> gives them to prefill.
     /// </summary>
     private static void ToFixedPoint(float* x, int inFeatures, int groupSize, in QuantizedInput input)
     {
-        var inOrder = stackalloc short[Chunk];
-        var steps = stackalloc float[Chunk / StepSpan];
         new Span<float>(input.GroupSums, inFeatures / groupSize).Clear();
-        for (var chunk = 0; chunk * Chunk < inFeatures; chunk++)
+        for (var span = 0; span < inFeatures / StepSpan; span++)
         {
-            var start = chunk * Chunk;
-            for (var span = 0; span < Chunk / StepSpan; span++)
-            {
-                var first = start + (span * StepSpan);
-                if (first >= inFeatures)
-                {
-                    new Span<short>(inOrder + (span * StepSpan), StepSpan).Clear();
-                    steps[span] = 0;
-                    continue;
-                }
+            var first = span * StepSpan;
+            var step = QuantizeSpan(x + first, out var lower, out var upper);
+            input.SpanSteps[span] = step.ToScalar();
+            input.GroupSums[first / groupSize] += Vector512.Sum((Avx512F.ConvertToVector512Single(lower) * step) + (Avx512F.ConvertToVector512Single(upper) * step));
 
-                var step = QuantizeSpan(x + first, out var lower, out var upper);
-                Avx512F.ConvertToVector256Int16WithSaturation(lower).Store(inOrder + (span * StepSpan));
-                Avx512F.ConvertToVector256Int16WithSaturation(upper).Store(inOrder + (span * StepSpan) + 16);
-                steps[span] = step.ToScalar();
-                input.GroupSums[first / groupSize] += Vector512.Sum((Avx512F.ConvertToVector512Single(lower) * step) + (Avx512F.ConvertToVector512Single(upper) * step));
-            }
-
-            // Lane m of the loop's products covers inputs 8m..8m+7 of the chunk: span m / 4.
-            Vector256.Create(Vector128.Create(steps[0]), Vector128.Create(steps[1])).Store(input.LaneSteps + (chunk * 8));
-
-            var lowerHalf = Vector512.Load(inOrder);
-            var upperHalf = Vector512.Load(inOrder + 32);
-            var output = input.FixedPoint + (chunk * 2 * Chunk);
-            var even = Avx512BW.PermuteVar32x16x2(lowerHalf, EvenIndices, upperHalf);
-            var odd = Avx512BW.PermuteVar32x16x2(lowerHalf, EvenIndices + Vector512<short>.One, upperHalf);
-            SplitBytes(even, output, output + 64);
-            SplitBytes(odd, output + 32, output + 96);
+            var values = Vector512.Create(Avx512F.ConvertToVector256Int16WithSaturation(lower), Avx512F.ConvertToVector256Int16WithSaturation(upper));
+            var low = Avx512BW.ShiftRightArithmetic(Avx512BW.ShiftLeftLogical(values, 8), 8);
+            var high = Avx512BW.ShiftRightArithmetic(values - low, 8);
+            var output = input.FixedPoint + (2 * first);
+            Avx512BW.ConvertToVector256SByte(Avx512BW.PermuteVar32x16x2(high, SpanByteOrder.First, low)).Store(output);
+            Avx512BW.ConvertToVector256SByte(Avx512BW.PermuteVar32x16x2(high, SpanByteOrder.Second, low)).Store(output + 32);
         }
     }
 
-    /// <summary>Writes v = 256 × high + low (low sign-extended from its byte) as two vectors of signed bytes.</summary>
-    private static void SplitBytes(Vector512<short> values, sbyte* high, sbyte* low)
+    private static (Vector512<short> First, Vector512<short> Second) CreateSpanByteOrder()
     {
-        var lowPart = Avx512BW.ShiftRightArithmetic(Avx512BW.ShiftLeftLogical(values, 8), 8);
-        Avx512BW.ConvertToVector256SByte(Avx512BW.ShiftRightArithmetic(values - lowPart, 8)).Store(high);
-        Avx512BW.ConvertToVector256SByte(lowPart).Store(low);
+        var order = new short[2 * StepSpan];
+        for (var b = 0; b < order.Length; b++)
+        {
+            var (word, part, k) = (b / 16, b % 16 / 4, b % 4);
+            var input = (word * 8) + (2 * k) + (part % 2);
+            order[b] = (short)((part < 2 ? 0 : StepSpan) + input);
+        }
+
+        return (Vector512.Create<short>(order), Vector512.Create<short>(order.AsSpan(StepSpan)));
     }
 
     /// <summary>One span of 32 inputs as integers round(x / step), step = max |x| / 32512; returns the step (0 for zeros).</summary>
@@ -190,104 +172,6 @@ internal static unsafe class QuantizedKernels
         var quarter = Vector128.Max(half.GetLower(), half.GetUpper());
         return MathF.Max(MathF.Max(quarter[0], quarter[1]), MathF.Max(quarter[2], quarter[3]));
     }
-
-    /// <summary>
-    /// 4-bit rows against the fixed-point x, 64 codes (32 bytes) per step: the low and high nibbles are masked out as
-    /// unsigned bytes and multiplied with the high and low bytes of their inputs by byte dot products (VNNI where the CPU
-    /// has it), each int32 lane summing the 8 codes 8m..8m+7 of the chunk, which share one group and one step span;
-    /// 256 × high + low gives Σ q x exactly. Each lane is then converted once and scaled by its span's step and its
-    /// group's scale: 14 256-bit operations per 64 codes, where a float loop needs 4 permutes or conversions and 4 FMAs
-    /// of 512 bits. Σ bias × Σx is added per group in f32.
-    /// </summary>
-    private static void DotRows4<TScale>(in RowPair rows, in QuantizedInput input, int inFeatures, int groups, int groupSize, float* rowScratch, out float sum0, out float sum1)
-        where TScale : struct, IWeightLoader
-    {
-        var scales0 = rowScratch;
-        var scales1 = rowScratch + groups + 8;
-        var biasTerms0 = Vector512<float>.Zero;
-        var biasTerms1 = Vector512<float>.Zero;
-        var g = 0;
-        for (; g + 16 <= groups; g += 16)
-        {
-            var sums = Vector512.Load(input.GroupSums + g);
-            TScale.Load16(rows.Scales0, g).Store(scales0 + g);
-            TScale.Load16(rows.Scales1, g).Store(scales1 + g);
-            biasTerms0 = Avx512F.FusedMultiplyAdd(TScale.Load16(rows.Biases0, g), sums, biasTerms0);
-            biasTerms1 = Avx512F.FusedMultiplyAdd(TScale.Load16(rows.Biases1, g), sums, biasTerms1);
-        }
-
-        var biasTail0 = 0f;
-        var biasTail1 = 0f;
-        for (; g < groups; g++)
-        {
-            scales0[g] = TScale.Load1(rows.Scales0, g);
-            scales1[g] = TScale.Load1(rows.Scales1, g);
-            biasTail0 += TScale.Load1(rows.Biases0, g) * input.GroupSums[g];
-            biasTail1 += TScale.Load1(rows.Biases1, g) * input.GroupSums[g];
-        }
-
-        // Lane m covers codes 8m..8m+7 of a chunk: group 8m / groupSize counted from the chunk's first group (for groups
-        // of 128, a chunk's first group is chunk / 2 and every lane reads it).
-        var groupShift = BitOperations.Log2((uint)groupSize);
-        var groupOfLane = Vector256.ShiftRightLogical(Vector256<int>.Indices * 8, groupShift);
-        var codes0 = (byte*)rows.Codes0;
-        var codes1 = (byte*)rows.Codes1;
-        Vector256<float> total0 = default, total1 = default;
-        var fullChunks = inFeatures / Chunk;
-        for (var chunk = 0; chunk < fullChunks; chunk++)
-        {
-            var x = input.FixedPoint + (chunk * 2 * Chunk);
-            var steps = Vector256.Load(input.LaneSteps + (chunk * 8));
-            var firstGroup = (chunk * Chunk) >> groupShift;
-            total0 = AccumulateChunk(total0, Vector256.Load(codes0 + (chunk * 32)), x, steps, scales0 + firstGroup, groupOfLane);
-            total1 = AccumulateChunk(total1, Vector256.Load(codes1 + (chunk * 32)), x, steps, scales1 + firstGroup, groupOfLane);
-        }
-
-        if (fullChunks * Chunk < inFeatures)
-        {
-            // A half chunk (inputs an odd multiple of 32): 16 bytes of codes, zero above; x is zero-padded past the end.
-            var x = input.FixedPoint + (fullChunks * 2 * Chunk);
-            var steps = Vector256.Load(input.LaneSteps + (fullChunks * 8));
-            var firstGroup = (fullChunks * Chunk) >> groupShift;
-            total0 = AccumulateChunk(total0, Vector256.Create(Vector128.Load(codes0 + (fullChunks * 32)), Vector128<byte>.Zero), x, steps, scales0 + firstGroup, groupOfLane);
-            total1 = AccumulateChunk(total1, Vector256.Create(Vector128.Load(codes1 + (fullChunks * 32)), Vector128<byte>.Zero), x, steps, scales1 + firstGroup, groupOfLane);
-        }
-
-        sum0 = Vector256.Sum(total0) + Vector512.Sum(biasTerms0) + biasTail0;
-        sum1 = Vector256.Sum(total1) + Vector512.Sum(biasTerms1) + biasTail1;
-    }
-
-    /// <summary>
-    /// <paramref name="total"/> + one chunk's products, each int32 lane converted and scaled by its span's step and by its
-    /// group's scale (picked from the row's scales starting at the chunk's first group).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> AccumulateChunk(
-        Vector256<float> total, Vector256<byte> packed, sbyte* x, Vector256<float> steps, float* scales, Vector256<int> groupOfLane) =>
-        Fma.MultiplyAdd(
-            Avx.ConvertToVector256Single(MultiplyNibbles(packed, x)) * steps, Avx2.PermuteVar8x32(Vector256.Load(scales), groupOfLane), total);
-
-    /// <summary>Σ code × input over the 64 codes in <paramref name="packed"/>, as 8 int32 sums of 8 codes each.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> MultiplyNibbles(Vector256<byte> packed, sbyte* x)
-    {
-        var nibble = Vector256.Create((byte)0xF);
-        var even = packed & nibble;
-        var odd = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & nibble;
-        var high = ByteDot(ByteDot(Vector256<int>.Zero, even, Vector256.Load(x)), odd, Vector256.Load(x + 32));
-        var low = ByteDot(ByteDot(Vector256<int>.Zero, even, Vector256.Load(x + 64)), odd, Vector256.Load(x + 96));
-        return Avx2.ShiftLeftLogical(high, 8) + low;
-    }
-
-    /// <summary>
-    /// <paramref name="sums"/> + Σ of 4 adjacent unsigned × signed byte products per int32 lane: one VNNI instruction, or
-    /// two multiply-adds without VNNI (the 16-bit pair sums, ≤ 2 × 15 × 128, cannot saturate).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> ByteDot(Vector256<int> sums, Vector256<byte> codes, Vector256<sbyte> x) =>
-        AvxVnni.IsSupported
-            ? AvxVnni.MultiplyWideningAndAdd(sums, codes, x)
-            : sums + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(codes, x), Vector256<short>.One);
 
     private static void DotRows8<TScale>(in RowPair rows, float* x, float* groupSums, int groups, int groupSize, out float sum0, out float sum1)
         where TScale : struct, IWeightLoader
@@ -407,18 +291,18 @@ internal static unsafe class QuantizedKernels
 }
 
 /// <summary>A decode input as <see cref="QuantizedKernels.DotRows"/> reads it (from <see cref="QuantizedKernels.PrepareInput"/>).</summary>
-internal readonly unsafe struct QuantizedInput(float* values, sbyte* fixedPoint, float* groupSums, float* laneSteps)
+internal readonly unsafe struct QuantizedInput(float* values, sbyte* fixedPoint, float* groupSums, float* spanSteps)
 {
     /// <summary>x itself, for the loops that do not use the fixed-point copy.</summary>
     public float* Values { get; } = values;
 
-    /// <summary>x in fixed point, split into high and low bytes in the order of the 4-bit loop.</summary>
+    /// <summary>x in fixed point, split into high and low bytes in the order of the 4-bit loop (16 bytes per 8 inputs).</summary>
     public sbyte* FixedPoint { get; } = fixedPoint;
 
     public float* GroupSums { get; } = groupSums;
 
-    /// <summary>Per chunk of 64 inputs, the fixed-point step of the inputs each of the 8 product lanes covers.</summary>
-    public float* LaneSteps { get; } = laneSteps;
+    /// <summary>The fixed-point step of each span of 32 inputs.</summary>
+    public float* SpanSteps { get; } = spanSteps;
 }
 
 /// <summary>Codes, scales and biases of the two rows <see cref="QuantizedKernels.DotRows"/> reads.</summary>
