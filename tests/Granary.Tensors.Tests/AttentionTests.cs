@@ -7,24 +7,28 @@ public sealed class AttentionTests : IDisposable
     private readonly CpuBackend _backend = new(threads: 2);
 
     [Theory]
-    [InlineData(3, 8, 2, 20, 4, 10)]
-    [InlineData(1, 4, 4, 64, 37, 40)]
-    [InlineData(5, 6, 1, 16, 0, 5)]
-    [InlineData(2, 8, 2, 128, 700, 800)]
-    [InlineData(1, 16, 8, 128, 300, 320)] // decode steps split by position: grouped heads, 8 position ranges
-    [InlineData(1, 6, 2, 20, 100, 128)]
-    public void CausalGroupedQueryAttentionMatchesReference(int n, int heads, int kvHeads, int headDim, int start, int capacity)
+    [InlineData(3, 8, 2, 20, 4, 10, 2)]
+    [InlineData(1, 4, 4, 64, 37, 40, 2)]
+    [InlineData(5, 6, 1, 16, 0, 5, 2)]
+    [InlineData(2, 8, 2, 128, 700, 800, 2)]
+    [InlineData(1, 16, 8, 128, 300, 320, 2)]
+    [InlineData(1, 6, 2, 20, 100, 128, 2)]
+    [InlineData(1, 16, 8, 128, 300, 320, 16)] // one row, fewer kv heads than threads: 2 position ranges per kv head
+    [InlineData(1, 6, 2, 20, 300, 320, 16)] // 4 ranges of 75-76 positions
+    [InlineData(1, 6, 2, 20, 100, 128, 16)] // too short to split
+    public void CausalGroupedQueryAttentionMatchesReference(int n, int heads, int kvHeads, int headDim, int start, int capacity, int threads)
     {
+        using var backend = new CpuBackend(threads);
         var q = TestData.Random(n * heads * headDim, 20);
         var k = TestData.Random(capacity * kvHeads * headDim, 21, 2f);
         var v = TestData.Random(capacity * kvHeads * headDim, 22);
         var scale = 1 / MathF.Sqrt(headDim);
-        using var query = TestData.Upload(_backend, q, DType.F32, n, heads, headDim);
-        using var keys = TestData.Upload(_backend, k, DType.F32, capacity, kvHeads, headDim);
-        using var values = TestData.Upload(_backend, v, DType.F32, capacity, kvHeads, headDim);
-        using var output = _backend.Allocate(DType.F32, n, heads, headDim);
+        using var query = TestData.Upload(backend, q, DType.F32, n, heads, headDim);
+        using var keys = TestData.Upload(backend, k, DType.F32, capacity, kvHeads, headDim);
+        using var values = TestData.Upload(backend, v, DType.F32, capacity, kvHeads, headDim);
+        using var output = backend.Allocate(DType.F32, n, heads, headDim);
 
-        _backend.Attention(query, keys, values, start, scale, output);
+        backend.Attention(query, keys, values, start, scale, output);
 
         var expected = new double[n * heads * headDim];
         var magnitude = new double[expected.Length];

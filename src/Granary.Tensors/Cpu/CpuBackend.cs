@@ -18,6 +18,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
     private readonly WorkerPool _pool;
     private readonly object _sync = new();
     private readonly NativeScratch _linearScratch = new();
+    private readonly NativeScratch _attentionScratch = new();
     private readonly NativeScratch _expertScratch = new();
     private readonly NativeScratch _expertTokens = new();
 
@@ -295,10 +296,19 @@ public sealed unsafe class CpuBackend : IComputeBackend
             HeadDim = headDim,
             StartPosition = startPosition,
             Scale = scale,
+            Splits = AttentionKernel.Splits(n, kvHeads, _pool.ThreadCount, startPosition + 1),
         };
         lock (_sync)
         {
-            _pool.Run(checked(n * kvHeads), &AttentionKernel.Run, &job);
+            if (job.Splits == 1)
+            {
+                _pool.Run(checked(n * kvHeads), &AttentionKernel.Run, &job);
+                return;
+            }
+
+            job.Partials = (float*)_attentionScratch.Get(4 * AttentionKernel.PartialFloats(heads, job.Splits, headDim));
+            _pool.Run(kvHeads * job.Splits, &AttentionKernel.RunRange, &job);
+            AttentionKernel.MergeRanges(ref job);
         }
     }
 
@@ -460,6 +470,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
     {
         _pool.Dispose();
         _linearScratch.Dispose();
+        _attentionScratch.Dispose();
         _expertScratch.Dispose();
         _expertTokens.Dispose();
     }
