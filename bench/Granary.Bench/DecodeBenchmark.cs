@@ -104,15 +104,8 @@ internal static class DecodeBenchmark
         var prefill = promptTokens / clock.Elapsed.TotalSeconds;
         var first = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
 
-        var decode = new DecodeRun[runs];
-        Span<int> next = stackalloc int[1];
-        MemoryBandwidth? before = null;
-
-        // Untimed warm-up runs first, for at least WarmUpSeconds: the decode path's methods are recompiled (tier 1, and
-        // on-stack replacement of their loops) only after dozens of calls and a quiet period, on a background thread
-        // that competes with the kernels for the cores; one 32-token run left the first timed runs 20-40% slow.
-        var warmUp = Stopwatch.StartNew();
-        for (var run = -1; run < runs; run++)
+        var next = new int[1];
+        double DecodeTokensPerSecond()
         {
             cache.Truncate(promptTokens);
             next[0] = first;
@@ -123,17 +116,26 @@ internal static class DecodeBenchmark
                 next[0] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
             }
 
-            var tokensPerSecond = decodeTokens / clock.Elapsed.TotalSeconds;
-            var after = probe.Measure(passes: 2);
-            if (run >= 0)
-            {
-                decode[run] = new DecodeRun(tokensPerSecond, MemoryBandwidth.Better(before!, after));
-            }
-            else if (warmUp.Elapsed.TotalSeconds < WarmUpSeconds)
-            {
-                run--;
-            }
+            return decodeTokens / clock.Elapsed.TotalSeconds;
+        }
 
+        // Untimed warm-up runs first, for at least WarmUpSeconds: the decode path's methods are recompiled (tier 1, and
+        // on-stack replacement of their loops) only after dozens of calls and a quiet period, on a background thread
+        // that competes with the kernels for the cores; one 32-token run left the first timed runs 20-40% slow.
+        var warmUp = Stopwatch.StartNew();
+        do
+        {
+            DecodeTokensPerSecond();
+        }
+        while (warmUp.Elapsed.TotalSeconds < WarmUpSeconds);
+
+        var decode = new DecodeRun[runs];
+        var before = probe.Measure(passes: 2);
+        for (var run = 0; run < runs; run++)
+        {
+            var tokensPerSecond = DecodeTokensPerSecond();
+            var after = probe.Measure(passes: 2);
+            decode[run] = new DecodeRun(tokensPerSecond, MemoryBandwidth.Better(before, after));
             before = after;
         }
 

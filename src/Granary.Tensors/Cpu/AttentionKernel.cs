@@ -40,7 +40,7 @@ internal static unsafe class AttentionKernel
     /// are fewer kv heads than threads (8 kv heads on 16 threads would leave half idle); 1 when not worth it.
     /// </summary>
     public static int Splits(int rows, int kvHeads, int threads, int length) =>
-        rows != 1 || kvHeads >= threads ? 1 : Math.Clamp(Math.Min((threads + kvHeads - 1) / kvHeads, length / MinimumSplitPositions), 1, threads);
+        rows != 1 || kvHeads >= threads ? 1 : Math.Max(1, Math.Min((threads + kvHeads - 1) / kvHeads, length / MinimumSplitPositions));
 
     /// <summary>Floats of <see cref="AttentionJob.Partials"/> a split job needs.</summary>
     public static long PartialFloats(int heads, int splits, int headDim) => (long)heads * splits * (headDim + 2);
@@ -74,9 +74,9 @@ internal static unsafe class AttentionKernel
         var kvHead = item / job.Splits;
         var range = item % job.Splits;
         var length = (long)job.StartPosition + 1;
-        var stride = (long)job.Splits * (job.HeadDim + 2);
-        var first = job.Partials + (((long)kvHead * (job.Heads / job.KvHeads) * job.Splits) + range) * (job.HeadDim + 2);
-        Attend(ref job, 0, kvHead, length * range / job.Splits, length * (range + 1) / job.Splits, first, stride, first + job.HeadDim, stride);
+        var first = Partial(ref job, kvHead * (job.Heads / job.KvHeads), range);
+        var headStride = Partial(ref job, 1, 0) - Partial(ref job, 0, 0);
+        Attend(ref job, 0, kvHead, length * range / job.Splits, length * (range + 1) / job.Splits, first, headStride, first + job.HeadDim, headStride);
     }
 
     /// <summary>Combines the ranges of a split job: each head's outputs weighted by exp(range max - overall max), over the weighted sums.</summary>
@@ -85,11 +85,10 @@ internal static unsafe class AttentionKernel
         var d = job.HeadDim;
         for (var h = 0; h < job.Heads; h++)
         {
-            var partials = job.Partials + ((long)h * job.Splits * (d + 2));
             var maximum = float.NegativeInfinity;
             for (var r = 0; r < job.Splits; r++)
             {
-                maximum = MathF.Max(maximum, partials[(r * (d + 2)) + d]);
+                maximum = MathF.Max(maximum, Partial(ref job, h, r)[d]);
             }
 
             var output = new Span<float>(job.Output + ((long)h * d), d);
@@ -97,7 +96,7 @@ internal static unsafe class AttentionKernel
             var total = 0f;
             for (var r = 0; r < job.Splits; r++)
             {
-                var range = partials + (r * (d + 2));
+                var range = Partial(ref job, h, r);
                 var weight = MathF.Exp(range[d] - maximum);
                 total += weight * range[d + 1];
                 DenseKernels.MultiplyAdd(range, weight, job.Output + ((long)h * d), d);
@@ -106,6 +105,10 @@ internal static unsafe class AttentionKernel
             TensorPrimitives.Multiply(output, 1f / total, output);
         }
     }
+
+    /// <summary>Head <paramref name="head"/>'s partial result for position range <paramref name="range"/>.</summary>
+    private static float* Partial(ref AttentionJob job, int head, int range) =>
+        job.Partials + ((((long)head * job.Splits) + range) * (job.HeadDim + 2));
 
     /// <summary>
     /// Positions [<paramref name="first"/>, <paramref name="end"/>) of the kv head's cache for the query heads of its

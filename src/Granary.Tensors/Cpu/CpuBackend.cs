@@ -158,12 +158,7 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Linear(Tensor input, LinearWeight weight, Tensor output)
     {
-        ArgumentNullException.ThrowIfNull(weight);
-        RequireF32(input, nameof(input));
-        RequireF32(output, nameof(output));
-        TensorChecks.LinearShapes(input, weight, output);
-
-        RequireDisjoint(input, output);
+        RequireLinear(input, weight, output);
         lock (_sync)
         {
             LinearCore((float*)PointerOf(input), input.Rows, weight, (float*)PointerOf(output));
@@ -172,20 +167,16 @@ public sealed unsafe class CpuBackend : IComputeBackend
 
     public void Linears(Tensor input, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
     {
-        RequireF32(input, nameof(input));
         TensorChecks.LinearsCount(weights, outputs);
         for (var i = 0; i < weights.Length; i++)
         {
-            ArgumentNullException.ThrowIfNull(weights[i]);
-            RequireF32(outputs[i], nameof(outputs));
-            TensorChecks.LinearShapes(input, weights[i], outputs[i]);
-            RequireDisjoint(input, outputs[i]);
+            RequireLinear(input, weights[i], outputs[i]);
         }
 
         lock (_sync)
         {
             var x = (float*)PointerOf(input);
-            if (input.Rows == 1 && weights.Length > 1)
+            if (input.Rows == 1 && SharesDecodeInput(weights))
             {
                 LinearGroupCore(x, weights, outputs);
                 return;
@@ -488,26 +479,13 @@ public sealed unsafe class CpuBackend : IComputeBackend
     }
 
     /// <summary>
-    /// One-token linear layers of one input as one parallel pass: the input is prepared once and the rows of all the
-    /// weights are split over the threads together, so the pass pays one fork/join and the threads stream from one weight
-    /// into the next without waiting. Weights that would prepare the input differently run one after another.
+    /// One-token linear layers of one input, all reading one preparation of it (<see cref="SharesDecodeInput"/>), as one
+    /// parallel pass: the rows of all the weights are split over the threads together, so the pass pays one fork/join
+    /// and the threads stream from one weight into the next without waiting.
     /// </summary>
     private void LinearGroupCore(float* x, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
     {
         var count = weights.Length;
-        for (var i = 1; i < count; i++)
-        {
-            if (!SharesDecodeInput(weights[0], weights[i]))
-            {
-                for (var j = 0; j < count; j++)
-                {
-                    LinearCore(x, 1, weights[j], (float*)PointerOf(outputs[j]));
-                }
-
-                return;
-            }
-        }
-
         var jobs = stackalloc LinearJob[count];
         var kernels = stackalloc nint[count];
         var firstItems = stackalloc int[count + 1];
@@ -523,14 +501,28 @@ public sealed unsafe class CpuBackend : IComputeBackend
         _pool.Run(firstItems[count], &LinearKernels.GroupItem, &group);
     }
 
-    /// <summary>Whether two weights' one-token kernels read the same preparation of their input.</summary>
-    private static bool SharesDecodeInput(LinearWeight first, LinearWeight other) => (first, other) switch
+    /// <summary>
+    /// Whether there are several weights and their one-token kernels all read the same preparation of the input: all
+    /// dense f32, all dense f16/bf16 (deinterleaved), or all quantized with one bit width and group size.
+    /// </summary>
+    private static bool SharesDecodeInput(ReadOnlySpan<LinearWeight> weights)
     {
-        (QuantizedWeight a, QuantizedWeight b) =>
-            a.Bits == b.Bits && a.GroupSize == b.GroupSize && (a.CpuDecodeLayout is null) == (b.CpuDecodeLayout is null),
-        (DenseWeight a, DenseWeight b) => (a.Weight.DType == DType.F32) == (b.Weight.DType == DType.F32),
-        _ => false,
-    };
+        for (var i = 1; i < weights.Length; i++)
+        {
+            var shared = (weights[0], weights[i]) switch
+            {
+                (QuantizedWeight a, QuantizedWeight b) => a.Bits == b.Bits && a.GroupSize == b.GroupSize,
+                (DenseWeight a, DenseWeight b) => (a.Weight.DType == DType.F32) == (b.Weight.DType == DType.F32),
+                _ => false,
+            };
+            if (!shared)
+            {
+                return false;
+            }
+        }
+
+        return weights.Length > 1;
+    }
 
     /// <summary>
     /// Fills in the one-token kernel's arguments and returns the kernel; the input's preparation is made here, or taken
@@ -796,6 +788,15 @@ public sealed unsafe class CpuBackend : IComputeBackend
     private static void RequireDType(Tensor t, DType dtype, string name) => TensorChecks.RequireDType<CpuBuffer>(t, dtype, name, "CPU");
 
     private static void RequireSameShape(Tensor a, Tensor b) => TensorChecks.RequireSameShape(a, b);
+
+    private static void RequireLinear(Tensor input, LinearWeight weight, Tensor output)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        RequireF32(input, nameof(input));
+        RequireF32(output, nameof(output));
+        TensorChecks.LinearShapes(input, weight, output);
+        RequireDisjoint(input, output);
+    }
 
     private static void RequireDisjoint(Tensor a, Tensor b) => TensorChecks.RequireDisjoint(a, (ulong)PointerOf(a), b, (ulong)PointerOf(b));
 

@@ -104,6 +104,7 @@ internal sealed unsafe class PackedQuantizedRows : IDisposable
         var words = (int*)input.FixedPoint;
         var spansPerGroup = groupSize / SpanInputs;
         var span = 0;
+        var nibble = Vector256.Create((byte)0xF);
         Vector256<float> total0 = default, total1 = default;
         for (var g = 0; g < groups; g++)
         {
@@ -134,10 +135,10 @@ internal sealed unsafe class PackedQuantizedRows : IDisposable
                     var xLowOdd = Vector256.Create(x[3]).AsSByte();
                     var packed0 = Vector256.Load(codes0 + offset + (word * 32));
                     var packed1 = Vector256.Load(codes1 + offset + (word * 32));
-                    var even0 = packed0 & Vector256.Create((byte)0xF);
-                    var odd0 = Avx2.ShiftRightLogical(packed0.AsUInt16(), 4).AsByte() & Vector256.Create((byte)0xF);
-                    var even1 = packed1 & Vector256.Create((byte)0xF);
-                    var odd1 = Avx2.ShiftRightLogical(packed1.AsUInt16(), 4).AsByte() & Vector256.Create((byte)0xF);
+                    var even0 = packed0 & nibble;
+                    var odd0 = Avx2.ShiftRightLogical(packed0.AsUInt16(), 4).AsByte() & nibble;
+                    var even1 = packed1 & nibble;
+                    var odd1 = Avx2.ShiftRightLogical(packed1.AsUInt16(), 4).AsByte() & nibble;
                     highEven0 = QuantizedKernels.ByteDot(highEven0, even0, xHighEven);
                     highOdd0 = QuantizedKernels.ByteDot(highOdd0, odd0, xHighOdd);
                     lowEven0 = QuantizedKernels.ByteDot(lowEven0, even0, xLowEven);
