@@ -156,7 +156,7 @@ internal static unsafe class LinearKernels
         AddBias(ref job, job.Output, first, end);
     }
 
-    /// <summary>Decode over <see cref="PackedQuantizedRows"/>: items are whole block pairs (16 rows, the last padded).</summary>
+    /// <summary>Decode over <see cref="PackedQuantizedRows"/>: items are whole block pairs (32 rows, the last padded).</summary>
     public static void PackedDecode<TScale>(void* arguments, int item)
         where TScale : struct, IWeightLoader
     {

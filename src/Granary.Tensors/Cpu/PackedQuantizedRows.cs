@@ -4,21 +4,21 @@ using System.Runtime.Intrinsics.X86;
 namespace Granary.Tensors.Cpu;
 
 /// <summary>
-/// A 4-bit MLX weight repacked once for the one-token loop (<see cref="DotBlockPair{TScale}"/>): rows in blocks of 8
-/// whose packed u32 words are interleaved, word k of the block's 8 rows side by side, so one 256-bit load holds 8 codes
-/// of each of 8 rows and every int32 lane of the byte dot products belongs to one row. The integer sums then run over a
+/// A 4-bit MLX weight repacked once for the one-token loop (<see cref="DotBlockPair{TScale}"/>): rows in blocks of 16
+/// whose packed u32 words are interleaved, word k of the block's 16 rows side by side, so one 512-bit load holds 8 codes
+/// of each of 16 rows and every 32-bit lane of the byte products belongs to one row. The integer sums then run over a
 /// whole span of 32 inputs before they are converted, instead of being converted and scaled after every 8 codes of a row
 /// as a row-major loop must, which halves the vector operations per code. Scales and biases are interleaved the same
-/// way, per group: the block's 8 scales, then its 8 biases, in the checkpoint's dtype. Rows are padded with zeros to a
-/// multiple of 16 (the loop's block pair). The copy is made from the checkpoint's layout, which stays as it was for
+/// way, per group: the block's 16 scales, then its 16 biases, in the checkpoint's dtype. Rows are padded with zeros to a
+/// multiple of 32 (the loop's block pair). The copy is made from the checkpoint's layout, which stays as it was for
 /// prefill, embeddings and every other reader; it costs as much memory as the codes, scales and biases.
 /// </summary>
 internal sealed unsafe class PackedQuantizedRows : IDisposable
 {
-    /// <summary>Rows interleaved in one block: the 8 int32 lanes of a 256-bit vector.</summary>
-    public const int BlockRows = 8;
+    /// <summary>Rows interleaved in one block: the 16 int32 lanes of a 512-bit vector.</summary>
+    public const int BlockRows = 16;
 
-    /// <summary>Rows of one pass of the loop: two blocks share the loads of x and keep 8 dot-product chains in flight.</summary>
+    /// <summary>Rows of one pass of the loop: two blocks share the broadcasts of x and keep 4 chains of sums in flight.</summary>
     public const int PairRows = 2 * BlockRows;
 
     /// <summary>Inputs sharing one fixed-point step (see <see cref="QuantizedKernels"/>): 4 words of 8 codes.</summary>
@@ -38,10 +38,10 @@ internal sealed unsafe class PackedQuantizedRows : IDisposable
 
     public int Groups { get; }
 
-    /// <summary>Bytes of codes of one block of 8 rows.</summary>
+    /// <summary>Bytes of codes of one block of 16 rows.</summary>
     public long BlockCodeBytes { get; }
 
-    /// <summary>Bytes of scales and biases of one block of 8 rows.</summary>
+    /// <summary>Bytes of scales and biases of one block of 16 rows.</summary>
     public long BlockScaleBytes { get; }
 
     public byte* Codes => (byte*)CpuBackend.PointerOf(_codes);
@@ -81,12 +81,15 @@ internal sealed unsafe class PackedQuantizedRows : IDisposable
     }
 
     /// <summary>
-    /// Rows 16p..16p+15 (the block pair at <paramref name="codes"/> and <paramref name="scalesAndBiases"/>) · x into
-    /// <paramref name="output"/>[0..15], with x from <see cref="QuantizedKernels.PrepareInput"/>: per span of 32 inputs,
+    /// Rows 32p..32p+31 (the block pair at <paramref name="codes"/> and <paramref name="scalesAndBiases"/>) · x into
+    /// <paramref name="output"/>[0..31], with x from <see cref="QuantizedKernels.PrepareInput"/>: per span of 32 inputs,
     /// 4 words of codes per row, each split into its low and high nibbles (inputs 0, 2, 4, 6 and 1, 3, 5, 7 of the word)
-    /// and multiplied by byte dot products with the high and low bytes of those inputs broadcast to all 8 rows; the
-    /// four sums give Σ q x of the span exactly (256 × high + low), which is converted once and scaled by the span's
-    /// step times the row's group scale. Σ bias × Σx is added per group.
+    /// and multiplied by byte pair products with the high and low bytes of those inputs broadcast to all 16 rows. The
+    /// products of a span are summed in 16 bits (8 products of at most 2 × 15 × 128 stay below 32767, so nothing
+    /// saturates), widened once (× 256 for the high bytes) to Σ q x of the span exactly, converted, and scaled by the
+    /// span's step times the row's group scale. Σ bias × Σx is added per group. Byte pair products and 16-bit sums take
+    /// 11 vector operations per 64 bytes of codes at 512 bits; 256-bit VNNI byte dot products, the only ones .NET
+    /// exposes on CPUs without AVX10, take 14.
     /// </summary>
     public static void DotBlockPair<TScale>(
         byte* codes, byte* scalesAndBiases, in QuantizedInput input, int groups, int groupSize, long blockCodeBytes, long blockScaleBytes, float* output)
@@ -97,63 +100,64 @@ internal sealed unsafe class PackedQuantizedRows : IDisposable
         var scales0 = scalesAndBiases;
         var scales1 = scalesAndBiases + blockScaleBytes;
 
-        // The hardware prefetcher does not run far enough ahead on two 4 KiB streams: fetch the next pair as this one
-        // goes (one pass over a pair is as long as the distance).
+        // The hardware prefetcher does not run far enough ahead on two streams: fetch the next pair as this one goes
+        // (one pass over a pair is as long as the distance).
         var ahead = 2 * blockCodeBytes;
         var scalesAhead = 2 * blockScaleBytes;
         var words = (int*)input.FixedPoint;
         var spansPerGroup = groupSize / SpanInputs;
         var span = 0;
-        var nibble = Vector256.Create((byte)0xF);
-        Vector256<float> total0 = default, total1 = default;
+        var nibble = Vector512.Create((byte)0xF);
+        var highWeight = Vector512.Create((short)256);
+        var lowWeight = Vector512<short>.One;
+        Vector512<float> total0 = default, total1 = default;
         for (var g = 0; g < groups; g++)
         {
             var scaleIndex = g * 2 * BlockRows;
             Sse.Prefetch0(scales0 + scalesAhead + (scaleIndex * TScale.ElementSize));
             Sse.Prefetch0(scales1 + scalesAhead + (scaleIndex * TScale.ElementSize));
-            var groupSum = Vector256.Create(input.GroupSums[g]);
-            total0 = Fma.MultiplyAdd(TScale.Load8(scales0, scaleIndex + BlockRows), groupSum, total0);
-            total1 = Fma.MultiplyAdd(TScale.Load8(scales1, scaleIndex + BlockRows), groupSum, total1);
-            var scale0 = TScale.Load8(scales0, scaleIndex);
-            var scale1 = TScale.Load8(scales1, scaleIndex);
+            var groupSum = Vector512.Create(input.GroupSums[g]);
+            total0 = Avx512F.FusedMultiplyAdd(TScale.Load16(scales0, scaleIndex + BlockRows), groupSum, total0);
+            total1 = Avx512F.FusedMultiplyAdd(TScale.Load16(scales1, scaleIndex + BlockRows), groupSum, total1);
+            var scale0 = TScale.Load16(scales0, scaleIndex);
+            var scale1 = TScale.Load16(scales1, scaleIndex);
             for (var end = span + spansPerGroup; span < end; span++)
             {
-                // 4 words of 8 codes per row: 128 bytes per block, two cache lines.
-                var offset = span * 4 * 32;
+                // 4 words of 8 codes per row: 256 bytes per block, four cache lines.
+                var offset = span * 4 * 64;
                 Sse.Prefetch0(codes0 + ahead + offset);
                 Sse.Prefetch0(codes0 + ahead + offset + 64);
+                Sse.Prefetch0(codes0 + ahead + offset + 128);
+                Sse.Prefetch0(codes0 + ahead + offset + 192);
                 Sse.Prefetch0(codes1 + ahead + offset);
                 Sse.Prefetch0(codes1 + ahead + offset + 64);
-                Vector256<int> highEven0 = default, highOdd0 = default, lowEven0 = default, lowOdd0 = default;
-                Vector256<int> highEven1 = default, highOdd1 = default, lowEven1 = default, lowOdd1 = default;
+                Sse.Prefetch0(codes1 + ahead + offset + 128);
+                Sse.Prefetch0(codes1 + ahead + offset + 192);
+                Vector512<short> high0 = default, low0 = default, high1 = default, low1 = default;
                 for (var word = 0; word < 4; word++)
                 {
                     var x = words + (((span * 4) + word) * 4);
-                    var xHighEven = Vector256.Create(x[0]).AsSByte();
-                    var xHighOdd = Vector256.Create(x[1]).AsSByte();
-                    var xLowEven = Vector256.Create(x[2]).AsSByte();
-                    var xLowOdd = Vector256.Create(x[3]).AsSByte();
-                    var packed0 = Vector256.Load(codes0 + offset + (word * 32));
-                    var packed1 = Vector256.Load(codes1 + offset + (word * 32));
+                    var xHighEven = Vector512.Create(x[0]).AsSByte();
+                    var xHighOdd = Vector512.Create(x[1]).AsSByte();
+                    var xLowEven = Vector512.Create(x[2]).AsSByte();
+                    var xLowOdd = Vector512.Create(x[3]).AsSByte();
+                    var packed0 = Vector512.Load(codes0 + offset + (word * 64));
+                    var packed1 = Vector512.Load(codes1 + offset + (word * 64));
                     var even0 = packed0 & nibble;
-                    var odd0 = Avx2.ShiftRightLogical(packed0.AsUInt16(), 4).AsByte() & nibble;
+                    var odd0 = Avx512BW.ShiftRightLogical(packed0.AsUInt16(), 4).AsByte() & nibble;
                     var even1 = packed1 & nibble;
-                    var odd1 = Avx2.ShiftRightLogical(packed1.AsUInt16(), 4).AsByte() & nibble;
-                    highEven0 = QuantizedKernels.ByteDot(highEven0, even0, xHighEven);
-                    highOdd0 = QuantizedKernels.ByteDot(highOdd0, odd0, xHighOdd);
-                    lowEven0 = QuantizedKernels.ByteDot(lowEven0, even0, xLowEven);
-                    lowOdd0 = QuantizedKernels.ByteDot(lowOdd0, odd0, xLowOdd);
-                    highEven1 = QuantizedKernels.ByteDot(highEven1, even1, xHighEven);
-                    highOdd1 = QuantizedKernels.ByteDot(highOdd1, odd1, xHighOdd);
-                    lowEven1 = QuantizedKernels.ByteDot(lowEven1, even1, xLowEven);
-                    lowOdd1 = QuantizedKernels.ByteDot(lowOdd1, odd1, xLowOdd);
+                    var odd1 = Avx512BW.ShiftRightLogical(packed1.AsUInt16(), 4).AsByte() & nibble;
+                    high0 += Avx512BW.MultiplyAddAdjacent(even0, xHighEven) + Avx512BW.MultiplyAddAdjacent(odd0, xHighOdd);
+                    low0 += Avx512BW.MultiplyAddAdjacent(even0, xLowEven) + Avx512BW.MultiplyAddAdjacent(odd0, xLowOdd);
+                    high1 += Avx512BW.MultiplyAddAdjacent(even1, xHighEven) + Avx512BW.MultiplyAddAdjacent(odd1, xHighOdd);
+                    low1 += Avx512BW.MultiplyAddAdjacent(even1, xLowEven) + Avx512BW.MultiplyAddAdjacent(odd1, xLowOdd);
                 }
 
-                var step = Vector256.Create(input.SpanSteps[span]);
-                var sum0 = Avx2.ShiftLeftLogical(highEven0 + highOdd0, 8) + lowEven0 + lowOdd0;
-                var sum1 = Avx2.ShiftLeftLogical(highEven1 + highOdd1, 8) + lowEven1 + lowOdd1;
-                total0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum0), scale0 * step, total0);
-                total1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum1), scale1 * step, total1);
+                var step = Vector512.Create(input.SpanSteps[span]);
+                var sum0 = Avx512BW.MultiplyAddAdjacent(high0, highWeight) + Avx512BW.MultiplyAddAdjacent(low0, lowWeight);
+                var sum1 = Avx512BW.MultiplyAddAdjacent(high1, highWeight) + Avx512BW.MultiplyAddAdjacent(low1, lowWeight);
+                total0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sum0), scale0 * step, total0);
+                total1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(sum1), scale1 * step, total1);
             }
         }
 

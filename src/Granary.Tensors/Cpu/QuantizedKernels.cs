@@ -104,16 +104,6 @@ internal static unsafe class QuantizedKernels
     }
 
     /// <summary>
-    /// <paramref name="sums"/> + Σ of 4 adjacent unsigned × signed byte products per int32 lane: one VNNI instruction, or
-    /// two multiply-adds without VNNI (the 16-bit pair sums, ≤ 2 × 15 × 128, cannot saturate).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> ByteDot(Vector256<int> sums, Vector256<byte> codes, Vector256<sbyte> x) =>
-        AvxVnni.IsSupported
-            ? AvxVnni.MultiplyWideningAndAdd(sums, codes, x)
-            : sums + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(codes, x), Vector256<short>.One);
-
-    /// <summary>
     /// x as fixed point, one step per span of 32 inputs (max |x| / 32512, so the rounding error is at most 1/65024 of the
     /// span's largest input; bf16 activations carry 1/256 of each value), each value v split as 256 × high + low with
     /// both parts signed bytes, because the loop multiplies unsigned code bytes with signed bytes. Per word of 8 inputs
