@@ -13,7 +13,7 @@ namespace Granary.Bench;
 /// on the CPU backend, beside the roofline: measured memory read bandwidth over the weight bytes read per token.
 /// Decode tok/s is the median of `--runs` runs (5 by default) after an untimed one, and each run is also judged against
 /// bandwidth probed right next to it: the machine it was written for is shared and noisy, and a single run swings by a
-/// quarter.
+/// quarter. `--profile` adds, from separate runs, the median time of every operation of a step (<see cref="ProfilingBackend"/>).
 /// </summary>
 internal static class DecodeBenchmark
 {
@@ -35,6 +35,7 @@ internal static class DecodeBenchmark
         var threads = IntOption(args, "--threads", Environment.ProcessorCount);
         var runs = Math.Max(1, IntOption(args, "--runs", 5));
         var formats = (Option(args, "--formats") ?? "bf16,q4").Split(',');
+        var profile = args.Contains("--profile");
 
         Console.WriteLine($"Qwen3-0.6B shape: {layers} layers, hidden {Hidden}, vocab {Vocabulary}; {threads} threads; " +
                           $"prompt {promptTokens}, decode {decodeTokens} tokens, median of {runs} decode runs");
@@ -53,10 +54,20 @@ internal static class DecodeBenchmark
                 WriteModel(directory, layers, format);
             }
 
-            using var backend = ComputeBackends.Create("cpu", threads);
+            using var backend = profile ? new ProfilingBackend(ComputeBackends.Create("cpu", threads)) : ComputeBackends.Create("cpu", threads);
             using var loaded = ModelLoader.Load(directory, backend);
             var (prefill, decode) = Measure(loaded.Model, probe, promptTokens, decodeTokens, runs);
             results.Add((format, loaded.Model.WeightBytes, prefill, decode));
+            if (backend is ProfilingBackend profiling)
+            {
+                // Separate runs, so the timers' own cost stays out of the numbers above.
+                Console.WriteLine($"{format}: operations of {runs} decode runs of {decodeTokens} tokens, timed one by one");
+                profiling.Recording = true;
+                var profiled = Measure(loaded.Model, probe, promptTokens, decodeTokens, runs, warmUpSeconds: 0, profiling.Reset).Decode;
+                profiling.Recording = false;
+                profiling.Print(runs * decodeTokens, 1 / Median(profiled.Select(run => run.TokensPerSecond)));
+                Console.WriteLine();
+            }
         }
 
         var best = results.SelectMany(r => r.Decode).Select(run => run.Bandwidth).Aggregate(MemoryBandwidth.Better);
@@ -84,7 +95,9 @@ internal static class DecodeBenchmark
     /// tokens after a warm-up run, each continuing the same prompt (the cache is cut back to it), so the runs see the
     /// same context.
     /// </summary>
-    private static (double Prefill, DecodeRun[] Decode) Measure(CausalLanguageModel model, MemoryBandwidthProbe probe, int promptTokens, int decodeTokens, int runs)
+    /// <param name="beforeTimedRuns">Called after the warm-up, before the timed runs.</param>
+    private static (double Prefill, DecodeRun[] Decode) Measure(
+        CausalLanguageModel model, MemoryBandwidthProbe probe, int promptTokens, int decodeTokens, int runs, double warmUpSeconds = WarmUpSeconds, Action? beforeTimedRuns = null)
     {
         var prompt = new int[promptTokens];
         for (var i = 0; i < prompt.Length; i++)
@@ -127,7 +140,8 @@ internal static class DecodeBenchmark
         {
             DecodeTokensPerSecond();
         }
-        while (warmUp.Elapsed.TotalSeconds < WarmUpSeconds);
+        while (warmUp.Elapsed.TotalSeconds < warmUpSeconds);
+        beforeTimedRuns?.Invoke();
 
         var decode = new DecodeRun[runs];
         var before = probe.Measure(passes: 2);

@@ -48,6 +48,16 @@ internal static class KernelsBenchmark
         }
 
         Console.WriteLine();
+        Console.WriteLine($"{"attention n=1",-14} {"cache",-7} {"MiB",8} {"us/call",10} {"GB/s",8} {"roofline",9}");
+        foreach (var positions in new[] { 160, 1024 })
+        {
+            var (seconds, bytes) = TimeDecodeAttention(backend, positions);
+            var gigabytesPerSecond = bytes / seconds / 1e9;
+            Console.WriteLine(
+                $"{$"{positions} pos",-14} {"f32",-7} {bytes / 1048576.0,8:F1} {seconds * 1e6,10:F1} {gigabytesPerSecond,8:F1} {gigabytesPerSecond / bandwidth.GigabytesPerSecond,9:P0}");
+        }
+
+        Console.WriteLine();
         Console.WriteLine($"{"GEMM n=128",-14} {"weight",-7} {"ms/call",10} {"GFLOP/s",9}");
         foreach (var format in new[] { "bf16", "q4g64" })
         {
@@ -91,6 +101,51 @@ internal static class KernelsBenchmark
         }
 
         return best;
+    }
+
+    /// <summary>
+    /// One query row of Qwen3-0.6B's attention (16 heads on 8 kv heads of 128) over <paramref name="positions"/> cached
+    /// positions, cycling through as many layers' caches as exceed the last-level cache, as decode does.
+    /// </summary>
+    private static (double Seconds, long CacheBytes) TimeDecodeAttention(CpuBackend backend, int positions)
+    {
+        const int heads = 16, kvHeads = 8, headDim = 128;
+        var layerBytes = 2L * positions * kvHeads * headDim * sizeof(float);
+        var layers = (int)Math.Max(1, (MinimumResidentBytes / 4) / layerBytes);
+        var random = new Random(3);
+        var caches = new (Tensor Keys, Tensor Values)[layers];
+        for (var layer = 0; layer < layers; layer++)
+        {
+            caches[layer] = (
+                Fill<float>(backend.Allocate(DType.F32, positions, kvHeads, headDim), () => (float)random.NextDouble() - 0.5f),
+                Fill<float>(backend.Allocate(DType.F32, positions, kvHeads, headDim), () => (float)random.NextDouble() - 0.5f));
+        }
+
+        using var query = Fill<float>(backend.Allocate(DType.F32, 1, heads, headDim), () => (float)random.NextDouble() - 0.5f);
+        using var output = backend.Allocate(DType.F32, 1, heads, headDim);
+        var scale = 1 / MathF.Sqrt(headDim);
+        var best = double.MaxValue;
+        for (var round = 0; round < 5; round++)
+        {
+            var calls = 0;
+            var stopwatch = Stopwatch.StartNew();
+            while (stopwatch.Elapsed.TotalSeconds < 0.2)
+            {
+                var (keys, values) = caches[calls % layers];
+                backend.Attention(query, keys, values, positions - 1, scale, output);
+                calls++;
+            }
+
+            best = Math.Min(best, stopwatch.Elapsed.TotalSeconds / calls);
+        }
+
+        foreach (var (keys, values) in caches)
+        {
+            keys.Dispose();
+            values.Dispose();
+        }
+
+        return (best, layerBytes);
     }
 
     private static LinearWeight[] CreateWeights(CpuBackend backend, string format, int outFeatures, int inFeatures, int? copies = null)

@@ -25,7 +25,7 @@ internal static class Program
             case "batching":
                 return BatchingBenchmark.Run(args[1..]);
             default:
-                Console.Error.WriteLine("usage: Granary.Bench decode [--layers 28] [--prompt 128] [--tokens 32] [--formats bf16,q4] [--runs 5] | kernels [threads] | cuda [--models qwen3-0.6b,qwen3-8b] [--batches 1,8] [--prompt 512] [--steps 64] | cuda-tp (same options; one process per GPU) | collectives [options] | distributed [--ranks 2,4] [--modes tensor,pipeline] [--tokens 16] [--backend shm] [--model DIR] | batching [--clients 1,4,16] [--tokens 32] [--prompt 32] [--backend cpu] [--model DIR] | gateway [--clients 1,4,16,64] [--seconds 10] [--max-tokens 32] [--model builtin] [--threads N] [--silos 1] [--layout tensor|pipeline]");
+                Console.Error.WriteLine("usage: Granary.Bench decode [--layers 28] [--prompt 128] [--tokens 32] [--formats bf16,q4] [--runs 5] [--profile] | kernels [threads] | cuda [--models qwen3-0.6b,qwen3-8b] [--batches 1,8] [--prompt 512] [--steps 64] | cuda-tp (same options; one process per GPU) | collectives [options] | distributed [--ranks 2,4] [--modes tensor,pipeline] [--tokens 16] [--backend shm] [--model DIR] | batching [--clients 1,4,16] [--tokens 32] [--prompt 32] [--backend cpu] [--model DIR] | gateway [--clients 1,4,16,64] [--seconds 10] [--max-tokens 32] [--model builtin] [--threads N] [--silos 1] [--layout tensor|pipeline]");
                 return 2;
         }
     }

@@ -6,9 +6,10 @@ namespace Granary.Tensors.Cpu;
 /// Persistent worker threads with a low-overhead fork/join: the caller publishes a job (a function pointer and a
 /// pointer to its arguments), works on it itself, and waits for the workers. Idle workers spin briefly before
 /// blocking, so back-to-back decode kernels (tens of microseconds each) do not pay a kernel wake-up each time.
-/// Each thread owns a contiguous run of the items and claims them front to back, so it streams adjacent memory (its
-/// prefetches run ahead into its own next item) and its claims touch only its own cache line; a thread that runs dry
-/// steals the back half of another's run, so items can be small and the join waits for little more than one item.
+/// Each thread owns a contiguous run of the items and claims them front to back, a shrinking share at a time, so it
+/// streams adjacent memory (its prefetches run ahead into its own next item) and its claims are few and touch only its
+/// own cache line; a thread that runs dry steals the back half of another's run, so items can be small and the join
+/// waits for little more than one item.
 /// One job runs at a time. When the caller finds no item left it closes the job and waits only for workers already
 /// inside it: a worker the OS has not scheduled yet (an oversubscribed machine) joins nothing late and never holds the
 /// caller up.
@@ -16,6 +17,12 @@ namespace Granary.Tensors.Cpu;
 internal sealed unsafe class WorkerPool : IDisposable
 {
     private const int SpinIterationsBeforeBlocking = 5_000;
+
+    /// <summary>A claim takes this share of the items left in a thread's run (see <see cref="ClaimFront"/>)...</summary>
+    private const int ClaimDivisor = 4;
+
+    /// <summary>...but no more than this many, which a thread that the OS holds up keeps from the others' stealing.</summary>
+    internal const int MaxClaimItems = 8;
 
     // Longs from one thread's run to the next: 128 bytes, so no two runs share a cache line or an adjacent-line prefetch.
     private const int RangeStride = 16;
@@ -139,10 +146,12 @@ internal sealed unsafe class WorkerPool : IDisposable
         {
             do
             {
-                int item;
-                while ((item = ClaimFront(participant)) >= 0)
+                while (ClaimFront(participant, out var first, out var end))
                 {
-                    work(arguments, item);
+                    for (var item = first; item < end; item++)
+                    {
+                        work(arguments, item);
+                    }
                 }
             }
             while (StealInto(participant));
@@ -155,8 +164,14 @@ internal sealed unsafe class WorkerPool : IDisposable
         }
     }
 
-    /// <summary>The first unclaimed item of the participant's own run, or -1 when it is empty (or the job failed).</summary>
-    private int ClaimFront(int participant)
+    /// <summary>
+    /// Claims items [<paramref name="first"/>, <paramref name="end"/>) from the front of the participant's own run: a
+    /// share of what is left (1/<see cref="ClaimDivisor"/>, 1 to <see cref="MaxClaimItems"/> items), so a long run costs
+    /// a few atomic claims rather than one per item (each is a full fence, which also stalls the loads in flight of a
+    /// streaming kernel), while the last claims are single items the other threads can still steal around. False when
+    /// the run is empty (or the job failed).
+    /// </summary>
+    private bool ClaimFront(int participant, out int first, out int end)
     {
         ref var range = ref _ranges[participant * RangeStride];
         while (Volatile.Read(ref _failure) is null)
@@ -165,16 +180,19 @@ internal sealed unsafe class WorkerPool : IDisposable
             var (front, back) = ((int)(current >> 32), (int)current);
             if (front >= back)
             {
-                return -1;
+                break;
             }
 
-            if (Interlocked.CompareExchange(ref range, Pack(front + 1, back), current) == current)
+            var claimed = Math.Clamp((back - front) / ClaimDivisor, 1, MaxClaimItems);
+            if (Interlocked.CompareExchange(ref range, Pack(front + claimed, back), current) == current)
             {
-                return front;
+                (first, end) = (front, front + claimed);
+                return true;
             }
         }
 
-        return -1;
+        (first, end) = (0, 0);
+        return false;
     }
 
     /// <summary>
