@@ -62,29 +62,59 @@ public sealed class ElementwiseTests : IDisposable
 
         _backend.Rope(tensor, positionTensor, frequencies, attentionScaling);
 
+        var (expected, magnitude) = RopeReference(x, positions, Heads, HeadDim, inverseFrequency, attentionScaling);
+        TestData.AssertClose(expected, magnitude, TestData.Read(tensor), Relative);
+    }
+
+    [Fact]
+    public void RopeAtOnePositionFollowsEachCallsFrequencies()
+    {
+        // The backend keeps one position's angles between calls (every layer of a decode step shares them); a call
+        // with other frequencies at that position, from a tensor that may reuse the freed one's memory, must not get them.
+        const int Heads = 2;
+        const int HeadDim = 32;
+        int[] positions = [300];
+        var x = TestData.Random(Heads * HeadDim, 14);
+        using var positionTensor = TestData.UploadInts(_backend, positions, 1);
+        foreach (var theta in new[] { 10000.0, 1000000.0, 10000.0 })
+        {
+            var inverseFrequency = Enumerable.Range(0, HeadDim / 2).Select(j => (float)(1 / Math.Pow(theta, 2.0 * j / HeadDim))).ToArray();
+            using var tensor = TestData.Upload(_backend, x, DType.F32, 1, Heads, HeadDim);
+            using var frequencies = TestData.Upload(_backend, inverseFrequency, DType.F32, HeadDim / 2);
+
+            _backend.Rope(tensor, positionTensor, frequencies, 1f);
+
+            var (expected, magnitude) = RopeReference(x, positions, Heads, HeadDim, inverseFrequency, 1f);
+            TestData.AssertClose(expected, magnitude, TestData.Read(tensor), Relative);
+        }
+    }
+
+    /// <summary>torch's rotate-half rope in double, and per element |a| + |b| of the pair it mixes (the error scale).</summary>
+    private static (double[] Expected, double[] Magnitude) RopeReference(float[] x, int[] positions, int heads, int headDim, float[] inverseFrequency, float attentionScaling)
+    {
         var expected = new double[x.Length];
         var magnitude = new double[x.Length];
-        const int Half = HeadDim / 2;
-        for (var t = 0; t < n; t++)
+        var half = headDim / 2;
+        for (var t = 0; t < positions.Length; t++)
         {
-            for (var h = 0; h < Heads; h++)
+            for (var h = 0; h < heads; h++)
             {
-                var offset = ((t * Heads) + h) * HeadDim;
-                for (var j = 0; j < Half; j++)
+                var offset = ((t * heads) + h) * headDim;
+                for (var j = 0; j < half; j++)
                 {
                     // torch forms the angle in f32 (float position times f32 inverse frequency).
                     var angle = (double)((float)positions[t] * inverseFrequency[j]);
                     var c = Math.Cos(angle) * attentionScaling;
                     var s = Math.Sin(angle) * attentionScaling;
-                    double a = x[offset + j], b = x[offset + j + Half];
+                    double a = x[offset + j], b = x[offset + j + half];
                     expected[offset + j] = (a * c) - (b * s);
-                    expected[offset + j + Half] = (b * c) + (a * s);
-                    magnitude[offset + j] = magnitude[offset + j + Half] = Math.Abs(a) + Math.Abs(b);
+                    expected[offset + j + half] = (b * c) + (a * s);
+                    magnitude[offset + j] = magnitude[offset + j + half] = Math.Abs(a) + Math.Abs(b);
                 }
             }
         }
 
-        TestData.AssertClose(expected, magnitude, TestData.Read(tensor), Relative);
+        return (expected, magnitude);
     }
 
     [Theory]

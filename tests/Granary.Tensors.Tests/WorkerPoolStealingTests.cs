@@ -29,41 +29,48 @@ public sealed unsafe class WorkerPoolStealingTests : IDisposable
     [Fact]
     public void OtherThreadsTakeOverTheRunOfAThreadHeldUpByASlowItem()
     {
-        // Item 0 heads the caller's run and is slow; the rest of that run must be stolen and still run exactly once, and
-        // the held-up thread keeps no more than the one claim it made with item 0.
+        // Item 0 heads the caller's run and holds its thread until the other threads have done every item but the ones
+        // its claim may keep (at most MaxClaimItems, item 0 included): the rest of its run must be stolen, and every
+        // item still runs exactly once. A larger claim would leave that wait to time out.
         var counts = new int[300];
-        var threads = new int[counts.Length];
+        var job = new SlowJob { Total = counts.Length };
         fixed (int* pointer = counts)
-        fixed (int* threadPointer = threads)
         {
-            var job = new SlowJob { Counts = pointer, Threads = threadPointer };
-            _pool.Run(counts.Length, &SlowFirstItem, &job);
+            job.Counts = pointer;
+            _pool.Run(counts.Length, &HeldUpFirstItem, &job);
         }
 
         Assert.All(counts, c => Assert.Equal(1, c));
-        var heldUp = threads.Count(t => t == threads[0]);
-        Assert.InRange(heldUp, 1, WorkerPool.MaxClaimItems);
+        Assert.Equal(1, job.OthersFinished);
     }
 
     public void Dispose() => _pool.Dispose();
 
     private static void CountItem(void* counts, int item) => Interlocked.Increment(ref ((int*)counts)[item]);
 
-    private static void SlowFirstItem(void* arguments, int item)
+    private static void HeldUpFirstItem(void* arguments, int item)
     {
         var job = (SlowJob*)arguments;
         if (item == 0)
         {
-            Thread.Sleep(50);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (Volatile.Read(ref job->Done) < job->Total - WorkerPool.MaxClaimItems && clock.Elapsed < TimeSpan.FromSeconds(20))
+            {
+                Thread.Sleep(1);
+            }
+
+            job->OthersFinished = Volatile.Read(ref job->Done) >= job->Total - WorkerPool.MaxClaimItems ? 1 : 0;
         }
 
-        job->Threads[item] = Environment.CurrentManagedThreadId;
         Interlocked.Increment(ref job->Counts[item]);
+        Interlocked.Increment(ref job->Done);
     }
 
     private struct SlowJob
     {
         public int* Counts;
-        public int* Threads;
+        public int Total;
+        public int Done;
+        public int OthersFinished;
     }
 }

@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using Granary.Tensors.Numerics;
 
@@ -715,27 +716,82 @@ public sealed unsafe class CpuBackend : IComputeBackend
     {
         ref var job = ref *(RopeJob*)arguments;
         var half = job.HeadDim / 2;
-        var cos = ThreadScratch.Floats(3, 2L * half);
-        var sin = cos + half;
-        float position = job.Positions[token];
-        for (var j = 0; j < half; j++)
+        var table = RopeAngles.For(job.Positions[token], job.InverseFrequency, half, job.Scaling);
+        fixed (float* cos = table)
         {
-            // The angle is rounded to f32 as torch computes it; cos and sin are then evaluated in double.
-            var angle = position * job.InverseFrequency[j];
-            cos[j] = (float)Math.Cos(angle) * job.Scaling;
-            sin[j] = (float)Math.Sin(angle) * job.Scaling;
-        }
+            var sin = cos + half;
+            for (var h = 0; h < job.Heads; h++)
+            {
+                var head = job.X + ((((long)token * job.Heads) + h) * job.HeadDim);
+                var j = 0;
 
-        for (var h = 0; h < job.Heads; h++)
+                // Products and difference rounded one by one (no fused multiply-add), as the scalar loop and torch do.
+                for (; Vector512.IsHardwareAccelerated && j + 16 <= half; j += 16)
+                {
+                    var (first, second) = (Vector512.Load(head + j), Vector512.Load(head + j + half));
+                    var (c, s) = (Vector512.Load(cos + j), Vector512.Load(sin + j));
+                    ((first * c) - (second * s)).Store(head + j);
+                    ((second * c) + (first * s)).Store(head + j + half);
+                }
+
+                for (; j < half; j++)
+                {
+                    var first = head[j];
+                    var second = head[j + half];
+                    head[j] = (first * cos[j]) - (second * sin[j]);
+                    head[j + half] = (second * cos[j]) + (first * sin[j]);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// The scaled cos and sin of one position's rotary angles, kept per thread: every layer's q and k of a decode step
+    /// rotate by the same position with the same frequencies, so 2 × layers calls share one evaluation (128 cos and sin
+    /// in double for head_dim 128, most of the call's time).
+    /// </summary>
+    private static class RopeAngles
+    {
+        [ThreadStatic]
+        private static float[]? t_table;
+
+        [ThreadStatic]
+        private static int t_position;
+
+        // A copy, not the address: a freed tensor's address may come back holding another model's frequencies.
+        [ThreadStatic]
+        private static float[]? t_inverseFrequency;
+
+        [ThreadStatic]
+        private static float t_scaling;
+
+        /// <summary>cos[0..half) then sin[0..half), each times <paramref name="scaling"/>.</summary>
+        public static float[] For(int position, float* inverseFrequency, int half, float scaling)
         {
-            var head = job.X + ((((long)token * job.Heads) + h) * job.HeadDim);
+            var table = t_table;
+            var frequencies = new ReadOnlySpan<float>(inverseFrequency, half);
+            if (table is not null && table.Length == 2 * half && t_position == position && t_scaling == scaling && frequencies.SequenceEqual(t_inverseFrequency))
+            {
+                return table;
+            }
+
+            if (table is null || table.Length != 2 * half)
+            {
+                t_table = table = new float[2 * half];
+                t_inverseFrequency = new float[half];
+            }
+
             for (var j = 0; j < half; j++)
             {
-                var first = head[j];
-                var second = head[j + half];
-                head[j] = (first * cos[j]) - (second * sin[j]);
-                head[j + half] = (second * cos[j]) + (first * sin[j]);
+                // The angle is rounded to f32 as torch computes it; cos and sin are then evaluated in double.
+                var angle = position * inverseFrequency[j];
+                table[j] = (float)Math.Cos(angle) * scaling;
+                table[half + j] = (float)Math.Sin(angle) * scaling;
             }
+
+            frequencies.CopyTo(t_inverseFrequency);
+            (t_position, t_scaling) = (position, scaling);
+            return table;
         }
     }
 
