@@ -54,7 +54,8 @@ internal static class DecodeBenchmark
                 WriteModel(directory, layers, format);
             }
 
-            using var backend = profile ? new ProfilingBackend(ComputeBackends.Create("cpu", threads)) : ComputeBackends.Create("cpu", threads);
+            var cpu = ComputeBackends.Create("cpu", threads);
+            using var backend = profile ? new ProfilingBackend(cpu) : cpu;
             using var loaded = ModelLoader.Load(directory, backend);
             var (prefill, decode) = Measure(loaded.Model, probe, promptTokens, decodeTokens, runs);
             results.Add((format, loaded.Model.WeightBytes, prefill, decode));
@@ -65,7 +66,8 @@ internal static class DecodeBenchmark
                 profiling.Recording = true;
                 var profiled = Measure(loaded.Model, probe, promptTokens, decodeTokens, runs, warmUpSeconds: 0, profiling.Reset).Decode;
                 profiling.Recording = false;
-                profiling.Print(runs * decodeTokens, 1 / Median(profiled.Select(run => run.TokensPerSecond)));
+                // The mean step of the profiled runs, as the per-call means are over all of their calls.
+                profiling.Print(runs * decodeTokens, profiled.Average(run => 1 / run.TokensPerSecond));
                 Console.WriteLine();
             }
         }
@@ -156,7 +158,7 @@ internal static class DecodeBenchmark
         return (prefill, decode);
     }
 
-    private static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToArray();
         var middle = sorted.Length / 2;

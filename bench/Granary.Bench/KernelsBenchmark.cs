@@ -85,7 +85,13 @@ internal static class KernelsBenchmark
             backend.Linear(input, weight, output);
         }
 
-        // Best of several rounds, each long enough (>= 0.2 s) to average out timer and scheduling noise.
+        return BestSecondsPerCall(call => backend.Linear(input, weights[call % weights.Length], output));
+    }
+
+    /// <summary>Best of several rounds, each long enough (>= 0.2 s) to average out timer and scheduling noise.</summary>
+    /// <param name="call">Runs call number n (from 0 in each round).</param>
+    private static double BestSecondsPerCall(Action<int> call)
+    {
         var best = double.MaxValue;
         for (var round = 0; round < 5; round++)
         {
@@ -93,8 +99,7 @@ internal static class KernelsBenchmark
             var stopwatch = Stopwatch.StartNew();
             while (stopwatch.Elapsed.TotalSeconds < 0.2)
             {
-                backend.Linear(input, weights[calls % weights.Length], output);
-                calls++;
+                call(calls++);
             }
 
             best = Math.Min(best, stopwatch.Elapsed.TotalSeconds / calls);
@@ -124,20 +129,11 @@ internal static class KernelsBenchmark
         using var query = Fill<float>(backend.Allocate(DType.F32, 1, heads, headDim), () => (float)random.NextDouble() - 0.5f);
         using var output = backend.Allocate(DType.F32, 1, heads, headDim);
         var scale = 1 / MathF.Sqrt(headDim);
-        var best = double.MaxValue;
-        for (var round = 0; round < 5; round++)
+        var best = BestSecondsPerCall(call =>
         {
-            var calls = 0;
-            var stopwatch = Stopwatch.StartNew();
-            while (stopwatch.Elapsed.TotalSeconds < 0.2)
-            {
-                var (keys, values) = caches[calls % layers];
-                backend.Attention(query, keys, values, positions - 1, scale, output);
-                calls++;
-            }
-
-            best = Math.Min(best, stopwatch.Elapsed.TotalSeconds / calls);
-        }
+            var (keys, values) = caches[call % layers];
+            backend.Attention(query, keys, values, positions - 1, scale, output);
+        });
 
         foreach (var (keys, values) in caches)
         {

@@ -11,7 +11,9 @@ namespace Granary.Bench;
 /// </summary>
 internal sealed class ProfilingBackend(IComputeBackend inner) : IComputeBackend
 {
-    private readonly Dictionary<string, List<long>> _ticks = new(StringComparer.Ordinal);
+    // Keyed by value, not by a formatted name: the key is made after every timed call, and its cost would otherwise show
+    // up as the model's own work between calls. The name is formatted once, when a key is first seen.
+    private readonly Dictionary<CallKey, (string Name, List<long> Ticks)> _calls = [];
 
     public bool Recording { get; set; }
 
@@ -31,45 +33,102 @@ internal sealed class ProfilingBackend(IComputeBackend inner) : IComputeBackend
 
     public void Synchronize() => inner.Synchronize();
 
-    public void Copy(Tensor source, Tensor destination) => Time("copy", destination.Shape, () => inner.Copy(source, destination));
+    public void Copy(Tensor source, Tensor destination)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Copy(source, destination);
+        Record(start, "copy", destination.Shape);
+    }
 
-    public void Embedding(LinearWeight table, Tensor ids, Tensor output) => Time("embedding", output.Shape, () => inner.Embedding(table, ids, output));
+    public void Embedding(LinearWeight table, Tensor ids, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Embedding(table, ids, output);
+        Record(start, "embedding", output.Shape);
+    }
 
-    public void Linear(Tensor input, LinearWeight weight, Tensor output) =>
-        Time($"linear {Describe(weight)}", input.Shape, () => inner.Linear(input, weight, output));
+    public void Linear(Tensor input, LinearWeight weight, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Linear(input, weight, output);
+        Record(start, "linear", input.Shape, [weight]);
+    }
 
     public void Linears(Tensor input, ReadOnlySpan<LinearWeight> weights, ReadOnlySpan<Tensor> outputs)
     {
-        var (weightArray, outputArray) = (weights.ToArray(), outputs.ToArray());
-        Time($"linears {string.Join(" + ", weightArray.Select(Describe))}", input.Shape, () => inner.Linears(input, weightArray, outputArray));
+        var start = Stopwatch.GetTimestamp();
+        inner.Linears(input, weights, outputs);
+        Record(start, "linears", input.Shape, weights);
     }
 
-    public void RmsNorm(Tensor input, Tensor weight, float epsilon, Tensor output) => Time("rms norm", input.Shape, () => inner.RmsNorm(input, weight, epsilon, output));
+    public void RmsNorm(Tensor input, Tensor weight, float epsilon, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.RmsNorm(input, weight, epsilon, output);
+        Record(start, "rms norm", input.Shape);
+    }
 
-    public void Rope(Tensor x, Tensor positions, Tensor inverseFrequency, float attentionScaling) =>
-        Time("rope", x.Shape, () => inner.Rope(x, positions, inverseFrequency, attentionScaling));
+    public void Rope(Tensor x, Tensor positions, Tensor inverseFrequency, float attentionScaling)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Rope(x, positions, inverseFrequency, attentionScaling);
+        Record(start, "rope", x.Shape);
+    }
 
-    public void Softmax(Tensor x) => Time("softmax", x.Shape, () => inner.Softmax(x));
+    public void Softmax(Tensor x)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Softmax(x);
+        Record(start, "softmax", x.Shape);
+    }
 
-    public void SiluMul(Tensor gate, Tensor up, Tensor output) => Time("silu mul", gate.Shape, () => inner.SiluMul(gate, up, output));
+    public void SiluMul(Tensor gate, Tensor up, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.SiluMul(gate, up, output);
+        Record(start, "silu mul", gate.Shape);
+    }
 
-    public void Add(Tensor a, Tensor b, Tensor output) => Time("add", a.Shape, () => inner.Add(a, b, output));
+    public void Add(Tensor a, Tensor b, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Add(a, b, output);
+        Record(start, "add", a.Shape);
+    }
 
-    public void Mul(Tensor a, Tensor b, Tensor output) => Time("mul", a.Shape, () => inner.Mul(a, b, output));
+    public void Mul(Tensor a, Tensor b, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Mul(a, b, output);
+        Record(start, "mul", a.Shape);
+    }
 
-    public void Attention(Tensor query, Tensor keyCache, Tensor valueCache, int startPosition, float scale, Tensor output) =>
-        Time("attention", query.Shape, () => inner.Attention(query, keyCache, valueCache, startPosition, scale, output));
+    public void Attention(Tensor query, Tensor keyCache, Tensor valueCache, int startPosition, float scale, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.Attention(query, keyCache, valueCache, startPosition, scale, output);
+        Record(start, "attention", query.Shape);
+    }
 
-    public void TopKRouting(Tensor routerLogits, int k, bool normalizeTopK, Tensor indices, Tensor weights) =>
-        Time("top-k routing", routerLogits.Shape, () => inner.TopKRouting(routerLogits, k, normalizeTopK, indices, weights));
+    public void TopKRouting(Tensor routerLogits, int k, bool normalizeTopK, Tensor indices, Tensor weights)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.TopKRouting(routerLogits, k, normalizeTopK, indices, weights);
+        Record(start, "top-k routing", routerLogits.Shape);
+    }
 
-    public void MixtureOfExperts(Tensor input, Tensor indices, Tensor weights, IReadOnlyList<ExpertWeights?> experts, Tensor output) =>
-        Time("mixture of experts", input.Shape, () => inner.MixtureOfExperts(input, indices, weights, experts, output));
+    public void MixtureOfExperts(Tensor input, Tensor indices, Tensor weights, IReadOnlyList<ExpertWeights?> experts, Tensor output)
+    {
+        var start = Stopwatch.GetTimestamp();
+        inner.MixtureOfExperts(input, indices, weights, experts, output);
+        Record(start, "mixture of experts", input.Shape);
+    }
 
-    public void Reset() => _ticks.Clear();
+    public void Reset() => _calls.Clear();
 
     /// <summary>
     /// Per operation and shape: calls per step, median and mean microseconds, and the share of <paramref name="stepSeconds"/>
+    /// (the mean step of the recorded runs)
     /// at the median, largest first; then what the medians leave out: slower calls (means over medians), and the time
     /// between calls (the model's own work).
     /// </summary>
@@ -78,7 +137,7 @@ internal sealed class ProfilingBackend(IComputeBackend inner) : IComputeBackend
         Console.WriteLine($"| operation [input shape] | calls/step | median us | mean us | ms/step at median | % of step ({stepSeconds * 1e3:F2} ms) |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
         var (atMedians, atMeans) = (0.0, 0.0);
-        foreach (var (key, ticks) in _ticks.Select(p => (p.Key, p.Value)).OrderByDescending(p => p.Value.Count * Median(p.Value)))
+        foreach (var (key, ticks) in _calls.Values.OrderByDescending(call => call.Ticks.Count * Median(call.Ticks)))
         {
             var median = Median(ticks) / Stopwatch.Frequency;
             var mean = ticks.Average() / Stopwatch.Frequency;
@@ -95,32 +154,49 @@ internal sealed class ProfilingBackend(IComputeBackend inner) : IComputeBackend
 
     public void Dispose() => inner.Dispose();
 
-    private static double Median(List<long> ticks)
-    {
-        var sorted = ticks.Order().ToArray();
-        return sorted[sorted.Length / 2];
-    }
+    private static double Median(List<long> ticks) => DecodeBenchmark.Median(ticks.Select(t => (double)t));
 
     private static string Describe(LinearWeight weight) =>
         $"{weight.OutFeatures}x{weight.InFeatures} {(weight switch { QuantizedWeight q => $"q{q.Bits}", DenseWeight d => d.Weight.DType.ToString().ToLowerInvariant(), _ => "" })}";
 
-    private void Time(string operation, IReadOnlyList<int> shape, Action call)
+    /// <summary>
+    /// Adds the call begun at <paramref name="start"/> to its operation, input shape and weight shapes and formats (of
+    /// the first and last weight: every layer's q|k|v, say, is one row of the table).
+    /// </summary>
+    private void Record(long start, string operation, int[] shape, ReadOnlySpan<LinearWeight> weights = default)
     {
+        var elapsed = Stopwatch.GetTimestamp() - start;
         if (!Recording)
         {
-            call();
             return;
         }
 
-        var start = Stopwatch.GetTimestamp();
-        call();
-        var elapsed = Stopwatch.GetTimestamp() - start;
-        var key = $"{operation} [{string.Join(",", shape)}]";
-        if (!_ticks.TryGetValue(key, out var list))
+        int Dim(int i) => i < shape.Length ? shape[i] : 0;
+        var key = new CallKey(
+            operation, shape.Length, Dim(0), Dim(1), Dim(2), Dim(3), weights.Length, WeightKey(weights.IsEmpty ? null : weights[0]), WeightKey(weights.IsEmpty ? null : weights[^1]));
+        if (!_calls.TryGetValue(key, out var call))
         {
-            _ticks[key] = list = [];
+            var names = new string[weights.Length];
+            for (var i = 0; i < names.Length; i++)
+            {
+                names[i] = Describe(weights[i]);
+            }
+
+            var described = names.Length == 0 ? operation : $"{operation} {string.Join(" + ", names)}";
+            _calls[key] = call = ($"{described} [{string.Join(",", shape)}]", []);
         }
 
-        list.Add(elapsed);
+        call.Ticks.Add(elapsed);
     }
+
+    private static (int Out, int In, int Format) WeightKey(LinearWeight? weight) => weight switch
+    {
+        null => default,
+        QuantizedWeight q => (q.OutFeatures, q.InFeatures, -q.Bits),
+        DenseWeight d => (d.OutFeatures, d.InFeatures, (int)d.Weight.DType),
+        _ => (weight.OutFeatures, weight.InFeatures, int.MinValue),
+    };
+
+    private readonly record struct CallKey(
+        string Operation, int Rank, int Dim0, int Dim1, int Dim2, int Dim3, int Weights, (int Out, int In, int Format) First, (int Out, int In, int Format) Last);
 }

@@ -54,12 +54,13 @@ public sealed unsafe class WorkerPoolStealingTests : IDisposable
         if (item == 0)
         {
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            while (Volatile.Read(ref job->Done) < job->Total - WorkerPool.MaxClaimItems && clock.Elapsed < TimeSpan.FromSeconds(20))
+            bool OthersFinished() => Volatile.Read(ref job->Done) >= job->Total - WorkerPool.MaxClaimItems;
+            while (!OthersFinished() && clock.Elapsed < TimeSpan.FromSeconds(20))
             {
                 Thread.Sleep(1);
             }
 
-            job->OthersFinished = Volatile.Read(ref job->Done) >= job->Total - WorkerPool.MaxClaimItems ? 1 : 0;
+            job->OthersFinished = OthersFinished() ? 1 : 0;
         }
 
         Interlocked.Increment(ref job->Counts[item]);
